@@ -1,0 +1,149 @@
+"""Every default of flair-lake, declared once, in frozen dataclasses.
+
+Click options and function signatures read their defaults from here; nothing else hard-codes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from flair_lake import schema
+from flair_lake.errors import UsageError
+
+DEFAULT_LAKE = "lake.zarr"
+LAKE_ENV = "FLAIR_LAKE"
+
+
+def default_lake() -> str:
+    """Return the lake path used when none is given: ``$FLAIR_LAKE`` or ``./lake.zarr``."""
+    return os.environ.get(LAKE_ENV, DEFAULT_LAKE)
+
+
+# --- synth ------------------------------------------------------------------------------------------------------
+SYNTH_PRESETS: dict[str, dict] = {
+    # seconds to generate; every split present; small patches keep the 102.4 m footprint
+    "tiny": dict(domains=("D006_2020", "D033_2021", "D004_2021", "D015_2020"), zones_per_domain=2,
+                 patches_per_zone=6, patch_size=64, max_dates=40),
+    # the CPU demo: enough domains for train/val/test and a model that learns
+    "small": dict(domains=("D006_2020", "D013_2020", "D033_2021", "D038_2021", "D044_2020", "D060_2021",
+                           "D004_2021", "D031_2019", "D015_2020", "D069_2020"),
+                  zones_per_domain=2, patches_per_zone=16, patch_size=128),
+    # benchmarks: full-size patches, 512 of them
+    "bench": dict(domains=("D006_2020", "D033_2021", "D004_2021", "D015_2020"), zones_per_domain=2,
+                  patches_per_zone=64, patch_size=512),
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of the synthetic FLAIR generator (see :mod:`flair_lake.synth`)."""
+
+    domains: tuple[str, ...] = SYNTH_PRESETS["tiny"]["domains"]
+    zones_per_domain: int = 2
+    patches_per_zone: int = 6
+    patch_size: int = 64
+    seed: int = 0
+    min_dates: int = 20  # Sentinel dates per zone, drawn in [min_dates, max_dates] (datapaper Table 8)
+    max_dates: int = 114
+
+    def __post_init__(self) -> None:
+        if self.zones_per_domain < 1:
+            raise UsageError(f"--zones-per-domain must be >= 1, got {self.zones_per_domain}")
+        if self.patches_per_zone < 1:
+            raise UsageError(f"--patches-per-zone must be >= 1, got {self.patches_per_zone}")
+        if self.patch_size < 32 or self.patch_size > 512 or self.patch_size % 32:
+            raise UsageError(
+                f"--patch-size must be a multiple of 32 in [32, 512], got {self.patch_size}: the aerial patch "
+                f"keeps its {schema.PATCH_FOOTPRINT_M} m footprint, so smaller patches leave the "
+                f"{schema.S2_CENTRE_CROP}x{schema.S2_CENTRE_CROP} Sentinel centre crop under 3 px per S2 pixel "
+                "and the U-Net's five poolings need a multiple of 32"
+            )
+        if not self.domains:
+            raise UsageError("--domains needs at least one domain such as D004_2021")
+        if not 1 <= self.min_dates <= self.max_dates:
+            raise UsageError(f"date counts must satisfy 1 <= min <= max, got {self.min_dates}..{self.max_dates}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "SynthConfig":
+        """Return the preset's config with the given (non-None) overrides."""
+        if name not in SYNTH_PRESETS:
+            raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(SYNTH_PRESETS)}")
+        params = dict(SYNTH_PRESETS[name])
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**params)
+
+    @property
+    def n_patches(self) -> int:
+        """Total number of patches the tree will hold."""
+        return len(self.domains) * self.zones_per_domain * self.patches_per_zone
+
+
+# --- ingest -----------------------------------------------------------------------------------------------------
+CODECS = ("zstd", "lz4", "none")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Parameters of ``flair-lake ingest``."""
+
+    codec: str = "zstd"
+    zstd_level: int = 3
+    patches_per_shard: int = schema.PATCHES_PER_SHARD
+    sat_window: int = schema.S2_WINDOW
+    workers: int | None = None  # None: sized to the machine
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise UsageError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.patches_per_shard < 1:
+            raise UsageError(f"patches per shard must be >= 1, got {self.patches_per_shard}")
+        if self.sat_window < 2 or self.sat_window % 2:
+            raise UsageError(f"--sat-window must be an even number >= 2, got {self.sat_window}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {self.workers}")
+
+
+# --- filter -----------------------------------------------------------------------------------------------------
+COMBINE_RULES = ("union", "sum")
+REDUCERS = ("mean", "median")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Parameters of ``flair-lake filter`` (semantics in DESIGN.md "Filter semantics")."""
+
+    max_cover: float = 0.6  # a date is dropped when its covered fraction of the window is >= this (paper: 0.6)
+    min_prob: float = 60.0  # a pixel is covered when its snow or cloud probability (%) is >= this
+    combine: str = "union"  # union: a pixel flagged snow and cloud counts once; sum: twice (the baseline)
+    monthly: bool = False
+    reducer: str = "mean"
+    mask_pixels: bool = False  # average only the clear pixels of each kept date
+    skip_empty_months: bool = False  # baseline: T' = months with a clear date (dense cube keeps 12 either way)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_cover <= 1.0:
+            raise UsageError(f"--cloud is a fraction of the window and must be in [0, 1], got {self.max_cover}")
+        if not 0.0 <= self.min_prob <= 101.0:
+            raise UsageError(f"--prob is a probability in percent and must be in [0, 100], got {self.min_prob}")
+        if self.combine not in COMBINE_RULES:
+            raise UsageError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
+        if self.reducer not in REDUCERS:
+            raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
+
+    @classmethod
+    def baseline(cls) -> "FilterConfig":
+        """Return the released baseline's exact behaviour (FLAIR2_BASELINE.md §2.3-2.4)."""
+        return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
+                   mask_pixels=False, skip_empty_months=True)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Grouped access for code that needs several configs' defaults."""
+
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)

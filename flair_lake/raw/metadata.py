@@ -1,0 +1,99 @@
+"""Readers of the two JSON side files: aerial metadata and Sentinel centroids (FLAIR2_BASELINE.md §1.5-1.6)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flair_lake.errors import RawFormatError
+from flair_lake.raw import names
+
+METADATA_KEYS = ("domain", "zone", "patch_centroid_x", "patch_centroid_y", "patch_centroid_z", "date", "time",
+                 "camera")
+
+
+@dataclass(frozen=True)
+class PatchMeta:
+    """One entry of ``flair_aerial_metadata.json``."""
+
+    patch_id: int
+    domain: str
+    zone: str
+    x: float
+    y: float
+    z: float
+    acquired: dt.datetime
+    camera: str
+
+
+def _load_json(path: Path, what: str) -> dict:
+    """Load a JSON object or raise a one-line error naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            obj = json.load(fh)
+    except FileNotFoundError:
+        raise RawFormatError(f"{path}: {what} not found; put {path.name} at the root of the FLAIR tree") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RawFormatError(f"{path}: not valid JSON ({exc}); re-download or regenerate {path.name}") from None
+    if not isinstance(obj, dict):
+        raise RawFormatError(f"{path}: expected a JSON object keyed by patch, got {type(obj).__name__}")
+    return obj
+
+
+def parse_metadata_entry(key: str, entry: dict, *, source: Path | str = "") -> PatchMeta:
+    """Parse one metadata entry ``"IMG_000717": {...}``.
+
+    Raises:
+        RawFormatError: a key is missing or a value has the wrong type or format.
+    """
+    pid = names.parse_id(key + ".tif")
+    if pid is None:
+        raise RawFormatError(f"{source}: metadata key {key!r} is not IMG_<id> (no .tif)")
+    missing = [k for k in METADATA_KEYS if k not in entry]
+    if missing:
+        raise RawFormatError(f"{source}: entry {key} lacks {', '.join(missing)}; expected keys "
+                             f"{', '.join(METADATA_KEYS)}")
+    try:
+        when = dt.datetime.strptime(f"{entry['date']} {entry['time']}", "%Y-%m-%d %Hh%M")
+        return PatchMeta(patch_id=pid, domain=str(entry["domain"]), zone=str(entry["zone"]),
+                         x=float(entry["patch_centroid_x"]), y=float(entry["patch_centroid_y"]),
+                         z=float(entry["patch_centroid_z"]), acquired=when, camera=str(entry["camera"]))
+    except (ValueError, TypeError) as exc:
+        raise RawFormatError(f"{source}: entry {key} has a bad value ({exc}); expected date 'YYYY-MM-DD', "
+                             "time 'HHhMM' and numeric centroids") from None
+
+
+def read_metadata(path: str | Path) -> tuple[dict[int, PatchMeta], dict[int, str]]:
+    """Read ``flair_aerial_metadata.json``.
+
+    Returns:
+        (entries by patch id, problems by patch id): a malformed entry is reported, not fatal.
+    """
+    path = Path(path)
+    out: dict[int, PatchMeta] = {}
+    bad: dict[int, str] = {}
+    for key, entry in _load_json(path, "aerial metadata").items():
+        try:
+            meta = parse_metadata_entry(key, entry if isinstance(entry, dict) else {}, source=path)
+        except RawFormatError as exc:
+            pid = names.parse_id(key + ".tif")
+            if pid is None:
+                raise
+            bad[pid] = str(exc)
+            continue
+        out[meta.patch_id] = meta
+    return out, bad
+
+
+def read_centroids(path: str | Path) -> dict[int, tuple[int, int]]:
+    """Read ``flair-2_centroids_sp_to_patch.json``: ``{"IMG_000001.tif": [row, col]}`` -> {1: (row, col)}."""
+    path = Path(path)
+    out = {}
+    for key, value in _load_json(path, "Sentinel centroids").items():
+        pid = names.parse_id(key)
+        if pid is None or not isinstance(value, list) or len(value) != 2:
+            raise RawFormatError(f"{path}: entry {key!r}: {value!r} is not 'IMG_<id>.tif': [row, col]")
+        out[pid] = (int(value[0]), int(value[1]))
+    return out

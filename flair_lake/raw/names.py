@@ -1,0 +1,83 @@
+"""File and folder names of the raw FLAIR #2 layout (FLAIR2_BASELINE.md §1.1), written and parsed in one place."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from flair_lake.errors import RawFormatError
+
+# Parts of a tree: (aerial, labels, sentinel) folder names, by part.
+PARTS = {
+    "train": ("flair_aerial_train", "flair_labels_train", "flair_sen_train"),
+    "test": ("flair_2_aerial_test", "flair_2_labels_test", "flair_2_sen_test"),
+}
+CENTROIDS_JSON = "flair-2_centroids_sp_to_patch.json"
+METADATA_JSON = "flair_aerial_metadata.json"
+
+DOMAIN_RE = re.compile(r"^D(\d{3})_(\d{4})$")
+ZONE_RE = re.compile(r"^Z(\d+)_([UAFN]{2})$")
+IMG_RE = re.compile(r"^IMG_(\d+)\.tif$")
+MSK_RE = re.compile(r"^MSK_(\d+)\.tif$")
+PRODUCT_RE = re.compile(
+    r"^S2[ABCD]_MSIL2A_(\d{8})T(\d{6})_N\d{4}_R\d{3}_T\d{2}[A-Z]{3}_\d{8}T\d{6}$"
+)
+
+
+def img_name(patch_id: int) -> str:
+    """Return ``IMG_000123.tif`` for 123."""
+    return f"IMG_{patch_id:06d}.tif"
+
+
+def msk_name(patch_id: int) -> str:
+    """Return ``MSK_000123.tif`` for 123."""
+    return f"MSK_{patch_id:06d}.tif"
+
+
+def metadata_key(patch_id: int) -> str:
+    """Return the metadata JSON key ``IMG_000123`` (no extension)."""
+    return f"IMG_{patch_id:06d}"
+
+
+def sentinel_stem(domain: str, zone: str) -> str:
+    """Return ``SEN2_sp_D004_2021-Z8_NF`` (hyphen between domain and zone, as in the real files)."""
+    return f"SEN2_sp_{domain}-{zone}"
+
+
+def area_name(domain: str, zone: str) -> str:
+    """Return the super-area name ``D004_2021-Z8_NF`` used as a key in the lake."""
+    return f"{domain}-{zone}"
+
+
+def product_name(sensing: dt.datetime, *, satellite: str = "S2B", orbit: int = 94, tile: str = "30TYN") -> str:
+    """Return an ESA L2A product name for a sensing time (processing time one hour later)."""
+    processed = sensing + dt.timedelta(hours=1, minutes=11)
+    return (
+        f"{satellite}_MSIL2A_{sensing:%Y%m%dT%H%M%S}_N0214_R{orbit:03d}_T{tile}_{processed:%Y%m%dT%H%M%S}"
+    )
+
+
+def parse_product_date(name: str, *, source: str | Path = "") -> dt.date:
+    """Return the sensing date of an L2A product name, keeping the real year (the baseline drops it).
+
+    Raises:
+        RawFormatError: the name is not an L2A product name.
+    """
+    m = PRODUCT_RE.match(name.strip())
+    if m is None:
+        where = f"{source}: " if source else ""
+        raise RawFormatError(
+            f"{where}product name {name.strip()!r} is not an L2A name like "
+            "'S2B_MSIL2A_20210114T110329_N0214_R094_T30TYN_20210114T121822'; fix or remove that line"
+        )
+    try:
+        return dt.datetime.strptime(m.group(1), "%Y%m%d").date()
+    except ValueError as exc:
+        raise RawFormatError(f"{source}: product name {name.strip()!r} holds an impossible date ({exc})") from None
+
+
+def parse_id(name: str, pattern: re.Pattern[str] = IMG_RE) -> int | None:
+    """Return the numeric patch id of ``IMG_000123.tif`` (or ``MSK_...``), None when the name does not match."""
+    m = pattern.match(name)
+    return int(m.group(1)) if m else None

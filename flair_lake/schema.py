@@ -1,0 +1,127 @@
+"""The lake contract: one home for names, dims, dtypes, chunking, the class table and the official splits.
+
+Everything that reads or writes a lake takes its names from here; ``docs/lake-format.md`` documents the same
+contract for users. Bump :data:`SCHEMA_VERSION` whenever a reader of an older lake would misread a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# --- the raw data's physical facts ------------------------------------------------------------------------------
+PATCH_FOOTPRINT_M = 102.4  # aerial patch side, metres (512 px at 0.2 m); kept when a smaller patch size is used
+S2_PIXEL_M = 10.0  # Sentinel-2 pixel, metres
+S2_WINDOW = 40  # Sentinel window around each centroid (baseline ``sat_patch_size``)
+S2_CENTRE_CROP = 10  # pixels of the window under the aerial patch (100 m ~ 102.4 m)
+CRS_EPSG = 2154  # Lambert-93
+AERIAL_BANDS = ("red", "green", "blue", "nir", "elevation")
+S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+S2_MASK_BANDS = ("snow", "cloud")  # channel 0 = snow, channel 1 = cloud (FLAIR2_BASELINE §1.4)
+
+# --- classes ----------------------------------------------------------------------------------------------------
+# raw code -> (name, colour) ; the official FLAIR nomenclature and colour table.
+RAW_CLASSES: dict[int, tuple[str, str]] = {
+    1: ("building", "#db0e9a"),
+    2: ("pervious surface", "#938e7b"),
+    3: ("impervious surface", "#f80c00"),
+    4: ("bare soil", "#a97101"),
+    5: ("water", "#1553ae"),
+    6: ("coniferous", "#194a26"),
+    7: ("deciduous", "#46e483"),
+    8: ("brushwood", "#f3a60d"),
+    9: ("vineyard", "#660082"),
+    10: ("herbaceous vegetation", "#55ff00"),
+    11: ("agricultural land", "#fff30d"),
+    12: ("plowed land", "#e4df7c"),
+    13: ("swimming pool", "#3de6eb"),
+    14: ("snow", "#ffffff"),
+    15: ("clear cut", "#8ab3a0"),
+    16: ("mixed", "#6b714f"),
+    17: ("ligneous", "#c5dc42"),
+    18: ("greenhouse", "#9999ff"),
+    19: ("other", "#000000"),
+}
+NUM_RAW_CLASSES = 19
+NUM_CLASSES = 13  # training classes: raw 1..12 -> 0..11, raw >= 13 -> 12 ('other')
+OTHER_CLASS = 12
+CLASS_NAMES = tuple(RAW_CLASSES[c][0] for c in range(1, 13)) + ("other",)
+# Official metric: mIoU over the first 12 classes, 'other' stays in the confusion matrix (FLAIR2_BASELINE §4.3).
+METRIC_CLASSES = 12
+
+
+def train_class_lut() -> np.ndarray:
+    """Return the uint8 lookup table raw code (0..255) -> training class (0..12); unknown codes map to 'other'."""
+    lut = np.full(256, OTHER_CLASS, dtype=np.uint8)
+    lut[1:13] = np.arange(12, dtype=np.uint8)
+    return lut
+
+
+# --- official splits (datapaper appendix A.6.1), keyed by departement code -------------------------------------
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_CODES = {name: i for i, name in enumerate(SPLIT_NAMES)}
+UNKNOWN_SPLIT = 255
+OFFICIAL_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("D006", "D007", "D008", "D009", "D013", "D016", "D017", "D021", "D023", "D030", "D032", "D033",
+              "D034", "D035", "D038", "D041", "D044", "D046", "D049", "D051", "D052", "D055", "D060", "D063",
+              "D070", "D072", "D074", "D078", "D080", "D081", "D086", "D091"),
+    "val": ("D004", "D014", "D029", "D031", "D058", "D066", "D067", "D077"),
+    "test": ("D015", "D022", "D026", "D036", "D061", "D064", "D068", "D069", "D071", "D084"),
+}
+_SPLIT_OF_DEPT = {d: s for s, ds in OFFICIAL_SPLITS.items() for d in ds}
+
+
+def official_split(domain: str) -> str | None:
+    """Return 'train', 'val' or 'test' for a domain such as ``D004_2021`` (None when not in the official lists)."""
+    return _SPLIT_OF_DEPT.get(domain.split("_")[0])
+
+
+# --- lake layout ------------------------------------------------------------------------------------------------
+PATCHES_PER_SHARD = 64
+PATCH_DIM = "patch"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One per-patch array of the lake: its name, dims after ``patch``, dtype and fill value."""
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    fill_value: int | float = 0
+    description: str = ""
+
+
+def patch_arrays(patch_size: int) -> tuple[ArraySpec, ...]:
+    """Return the image arrays chunked one patch per chunk and sharded by :data:`PATCHES_PER_SHARD`."""
+    return (
+        ArraySpec("aerial", ("band", "y", "x"), "uint8", 0, "R, G, B, NIR, elevation; raw digital numbers"),
+        ArraySpec("label", ("y", "x"), "uint8", 0, "raw FLAIR codes 1..19; 0 = no label (unlabelled split)"),
+    )
+
+
+# Per-patch 1-D coordinates (the table). Strings are stored as integer codes with their table in attrs.
+COORDS: tuple[ArraySpec, ...] = (
+    ArraySpec("patch_id", (), "int32", -1, "numeric part of IMG_<id>"),
+    ArraySpec("domain", (), "int16", -1, "index into attrs['domains']"),
+    ArraySpec("zone", (), "int32", -1, "index into attrs['areas'] (one Sentinel super-area per zone)"),
+    ArraySpec("split", (), "uint8", UNKNOWN_SPLIT, "0 train, 1 val, 2 test (appendix A.6.1), 255 unknown"),
+    ArraySpec("year", (), "int16", 0, "acquisition year"),
+    ArraySpec("camera", (), "int16", -1, "index into attrs['cameras']"),
+    ArraySpec("centroid_x", (), "float64", np.nan, "Lambert-93 metres"),
+    ArraySpec("centroid_y", (), "float64", np.nan, "Lambert-93 metres"),
+    ArraySpec("centroid_z", (), "float64", np.nan, "altitude, metres"),
+    ArraySpec("acquired", (), "int64", 0, "aerial acquisition, seconds since 1970-01-01T00:00 (local time)"),
+    ArraySpec("s2_row", (), "int32", -1, "centroid row in the zone's Sentinel super-area"),
+    ArraySpec("s2_col", (), "int32", -1, "centroid column in the zone's Sentinel super-area"),
+    ArraySpec("crs_epsg", (), "int32", 0, "EPSG code of the aerial patch"),
+    ArraySpec("has_label", (), "uint8", 0, "1 when a label mask was ingested"),
+)
+TRANSFORM = ArraySpec("transform", ("affine",), "float64", np.nan, "GDAL geotransform a,b,c,d,e,f (rasterio order)")
+
+SENTINEL_GROUP = "sentinel"  # sentinel/<area>/{data,masks,dates}
+VIEWS_GROUP = "views"  # views/<name>/...
+DONE_GROUP = "done"  # per-shard completion markers, written after the data

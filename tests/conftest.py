@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny synthetic FLAIR tree generated once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flair_lake.config import SynthConfig
+
+os.environ.setdefault("BLOSC_NTHREADS", "1")
+
+# Small but complete: every split, awkward Sentinel cases, 64 px patches with the real 102.4 m footprint.
+TINY = SynthConfig.from_preset("tiny", patches_per_zone=4, max_dates=30)
+
+
+@pytest.fixture(scope="session")
+def raw_tree(tmp_path_factory):
+    """Return the root of a tiny synthetic raw FLAIR tree (read-only for tests)."""
+    from flair_lake.synth import synthesize
+
+    root = tmp_path_factory.mktemp("raw") / "flair"
+    synthesize(root, TINY)
+    return root
