@@ -22,3 +22,15 @@ def raw_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw") / "flair"
     synthesize(root, TINY)
     return root
+
+
+@pytest.fixture(scope="session")
+def lake(raw_tree, tmp_path_factory):
+    """Return the path of a lake ingested from :func:`raw_tree` (read-only for tests)."""
+    from flair_lake.config import IngestConfig
+    from pipelines.ingest import ingest
+
+    path = str(tmp_path_factory.mktemp("lake") / "lake.zarr")
+    summary = ingest(raw_tree, path, IngestConfig(workers=2, patches_per_shard=8))
+    assert summary.exit_code == 0, summary.lines()
+    return path

@@ -1,0 +1,119 @@
+"""``flair-lake info``: what a lake holds, how it is stored, and what every run did."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from flair_lake import lake as lk
+from flair_lake import schema
+
+
+def _codec_name(arr) -> str:
+    """Return a short description of an array's bytes-to-bytes codecs."""
+    comps = getattr(arr, "compressors", ()) or ()
+    if not comps:
+        return "none"
+    out = []
+    for c in comps:
+        d = c.to_dict()
+        conf = d.get("configuration", {})
+        if d["name"] == "blosc":
+            out.append(f"blosc-{conf.get('cname')}-{conf.get('clevel')}-{conf.get('shuffle')}")
+        else:
+            out.append(f"{d['name']}-{conf.get('level', '')}".rstrip("-"))
+    return "+".join(out)
+
+
+def _array_row(path: str, arr) -> dict:
+    """Return shape, chunks, shards, codec, sizes of one array."""
+    stored = int(arr.nbytes_stored())
+    return {"path": path, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+            "shards": list(arr.shards) if arr.shards else None, "codec": _codec_name(arr),
+            "bytes": int(arr.nbytes), "stored_bytes": stored}
+
+
+def describe(lake: str, *, storage_options: dict | None = None) -> dict:
+    """Return a JSON-able report of ``lake``."""
+    root = lk.open_lake(lake, storage_options=storage_options)
+    attrs = root.attrs.asdict()
+    status = root[lk.STATUS_ARRAY][:]
+    ok = status == lk.STATUS_OK
+    domains = np.asarray(attrs["domains"] or [""])
+    dom = root["domain"][:][ok]
+    split = root["split"][:][ok]
+    names = {schema.SPLIT_CODES[s]: s for s in schema.SPLIT_NAMES}
+    per_split = Counter(names.get(int(s), "unknown") for s in split)
+    per_domain = Counter(str(domains[d]) for d in dom) if dom.size else Counter()
+    arrays = [_array_row(name, arr) for name, arr in sorted(root.arrays())]
+    sentinel = root.get(schema.SENTINEL_GROUP)
+    areas = []
+    s2_stored = 0
+    if sentinel is not None:
+        for name, g in sorted(sentinel.groups()):
+            d = g["data"]
+            stored = sum(int(g[k].nbytes_stored()) for k in ("data", "masks", "dates"))
+            s2_stored += stored
+            areas.append({"area": name, "dates": int(d.shape[0]), "height": int(d.shape[2]),
+                          "width": int(d.shape[3]), "complete": bool(g.attrs.get("complete")),
+                          "stored_bytes": stored})
+    if areas:
+        first = sentinel[areas[0]["area"]]
+        for k in ("data", "masks"):
+            row = _array_row(f"{schema.SENTINEL_GROUP}/<area>/{k}", first[k])
+            row["shape"] = f"({k == 'data' and 'T, 10' or 'T, 2'}, H, W) x {len(areas)} areas"
+            row["stored_bytes"] = sum(int(sentinel[a["area"]][k].nbytes_stored()) for a in areas)
+            row["bytes"] = sum(int(sentinel[a["area"]][k].nbytes) for a in areas)
+            arrays.append(row)
+    views = []
+    vg = root.get(schema.VIEWS_GROUP)
+    if vg is not None:
+        for name, g in sorted(vg.groups()):
+            views.append({"name": name, **g.attrs.asdict()})
+    runs = attrs.get("runs", [])
+    raw_bytes = sum(int(r.get("raw_bytes", 0)) for r in runs if r.get("command") == "ingest")
+    stored_total = sum(a["stored_bytes"] for a in arrays if not a["path"].startswith(schema.SENTINEL_GROUP)) \
+        + s2_stored
+    return {
+        "lake": lake, "schema_version": attrs["schema_version"], "patch_size": attrs["patch_size"],
+        "patches": int(ok.sum()), "quarantined": int((status == lk.STATUS_QUARANTINED).sum()),
+        "per_split": dict(sorted(per_split.items())), "per_domain": dict(sorted(per_domain.items())),
+        "areas": len(areas), "sentinel_dates": int(sum(a["dates"] for a in areas)),
+        "arrays": arrays, "stored_bytes": stored_total, "raw_bytes": raw_bytes,
+        "compression_ratio": round(raw_bytes / stored_total, 3) if stored_total and raw_bytes else None,
+        "runs": runs, "quarantine": attrs.get("quarantine", {}), "views": views,
+        "band_stats": attrs.get("band_stats", {}),
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def format_report(r: dict) -> str:
+    """Return the human-readable form of :func:`describe`."""
+    lines = [f"lake {r['lake']}  (schema {r['schema_version']}, {r['patch_size']} px patches)",
+             f"patches: {r['patches']} ingested, {r['quarantined']} quarantined rows; "
+             f"{r['areas']} Sentinel super-areas, {r['sentinel_dates']} area-dates",
+             "per split:  " + ", ".join(f"{k} {v}" for k, v in r["per_split"].items()),
+             "per domain: " + ", ".join(f"{k} {v}" for k, v in r["per_domain"].items()),
+             f"stored {_mb(r['stored_bytes'])} for {_mb(r['raw_bytes'])} of raw files "
+             f"(raw / lake = {r['compression_ratio']})", "", "arrays:"]
+    for a in r["arrays"]:
+        ratio = a["bytes"] / a["stored_bytes"] if a["stored_bytes"] else float("nan")
+        lines.append(f"  {a['path']:<26} {str(a['shape']):<28} {a['dtype']:<7} chunks {a['chunks']} "
+                     f"shards {a['shards']} {a['codec']:<22} {_mb(a['stored_bytes'])} ({ratio:.2f}x)")
+    lines += ["", "runs:"]
+    for run in r["runs"]:
+        keys = ("status", "started", "finished", "ingested", "quarantined", "seconds", "raw", "view", "params")
+        lines.append(f"  {run['id']}: " + ", ".join(f"{k}={run[k]}" for k in keys if k in run))
+    if r["quarantine"]:
+        lines += ["", "quarantined patches:"]
+        lines += [f"  IMG_{int(k):06d}: {v}" for k, v in sorted(r["quarantine"].items(), key=lambda kv: int(kv[0]))]
+    lines += ["", "views:" if r["views"] else "views: none (run `flair-lake filter`)"]
+    for v in r["views"]:
+        lines.append(f"  {v['name']}: " + ", ".join(f"{k}={v[k]}" for k in sorted(v) if k not in ("name", "report")))
+        for line in v.get("report_lines", []):
+            lines.append(f"    {line}")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""Open, create and grow a lake; its run records, completion markers and views.
+
+Every read and write of the store goes through zarr's API (no filesystem calls), so a path and an object-store
+URL behave the same. Names, dims and dtypes come from :mod:`flair_lake.schema`.
+
+Crash safety: rows are appended in whole shards (a run starts at a shard boundary); each Dask task writes whole
+shards and then its own marker group ``done/s<shard>`` (whose attrs carry the task's report); the run record in
+the root attrs says which rows a run owns. A run killed at any moment is resumed by writing the shards that have
+no marker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from flair_lake import schema
+from flair_lake.errors import LakeNotFoundError, LakeStateError, TargetNotWritableError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "flair-lake"
+STATUS_EMPTY, STATUS_OK, STATUS_QUARANTINED = 0, 1, 2
+STATUS_ARRAY = "status"
+TASK_WRITTEN = ("transform", "crs_epsg")  # per-patch columns read from the GeoTIFF by the shard task
+
+
+def is_url(lake: str) -> bool:
+    """Return True for object-store URLs such as ``s3://bucket/lake.zarr``."""
+    return "://" in str(lake)
+
+
+def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
+    """Return the bytes-to-bytes codecs for ``codec`` ('zstd', 'lz4' or 'none').
+
+    uint8 imagery gains nothing from byte-shuffle (LAKE_NOTES §1.2); uint16 reflectance is shuffled first.
+    """
+    if codec == "none":
+        return ()
+    if codec == "lz4":
+        shuffle = "shuffle" if typesize > 1 else "noshuffle"
+        return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, typesize=typesize),)
+    if typesize > 1:
+        return (zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=typesize),)
+    return (zarr.codecs.ZstdCodec(level=level),)
+
+
+def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open an existing lake's root group, checking it is a flair-lake of a schema this code reads.
+
+    Raises:
+        LakeNotFoundError: nothing at ``lake``.
+        LakeStateError: something is there but it is not a flair-lake, or its schema is newer.
+    """
+    if not is_url(lake) and not Path(lake).exists():
+        raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`")
+    try:
+        group = zarr.open_group(store=lake, mode=mode, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") from None
+    attrs = group.attrs.asdict()
+    if attrs.get("format") != FORMAT_NAME:
+        raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "
+                             "give the path of a lake written by `flair-lake ingest`")
+    if int(attrs.get("schema_version", 0)) > schema.SCHEMA_VERSION:
+        raise LakeStateError(f"{lake} has schema {attrs['schema_version']}, newer than this flair-lake "
+                             f"({schema.SCHEMA_VERSION}); upgrade flair-lake")
+    return group
+
+
+def check_writable(lake: str) -> None:
+    """Raise :class:`TargetNotWritableError` when a local lake path cannot be created or written."""
+    if is_url(lake):
+        return
+    p = Path(lake)
+    if p.exists() and not p.is_dir():
+        raise TargetNotWritableError(f"{lake} exists and is not a folder; give a new path such as lake.zarr")
+    parent = p if p.exists() else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TargetNotWritableError(f"cannot write {lake}: {parent} is not writable; choose a writable folder")
+    if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
+        raise TargetNotWritableError(f"{lake} is a non-empty folder that is not a lake; give a new path")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunking and codec choices fixed when a lake is created."""
+
+    patch_size: int
+    patches_per_shard: int = schema.PATCHES_PER_SHARD
+    codec: str = "zstd"
+    level: int = 3
+
+
+def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = None) -> zarr.Group:
+    """Create an empty lake (zero patches) with every per-patch array and the root attrs."""
+    root = zarr.open_group(store=lake, mode="w-", storage_options=storage_options, zarr_format=3)
+    p, s = layout.patch_size, layout.patches_per_shard
+    img = {"aerial": ((0, 5, p, p), (1, 5, p, p), (s, 5, p, p)), "label": ((0, p, p), (1, p, p), (s, p, p))}
+    for spec in schema.patch_arrays(p):
+        shape, chunks, shards = img[spec.name]
+        root.create_array(spec.name, shape=shape, chunks=chunks, shards=shards, dtype=spec.dtype,
+                          fill_value=spec.fill_value, compressors=compressors(layout.codec, layout.level),
+                          dimension_names=(schema.PATCH_DIM, *spec.dims),
+                          attributes={"description": spec.description})
+    for spec in (*schema.COORDS, schema.TRANSFORM):
+        # columns the shard tasks write are chunked by shard, so no two tasks share a chunk
+        rows = s if spec.name in TASK_WRITTEN else 65_536
+        shape = (0, 6) if spec.dims else (0,)
+        chunks = (rows, 6) if spec.dims else (rows,)
+        attrs: dict[str, Any] = {"description": spec.description}
+        if spec.name == "acquired":
+            attrs.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
+        root.create_array(spec.name, shape=shape, chunks=chunks, dtype=spec.dtype, fill_value=spec.fill_value,
+                          compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM, *spec.dims),
+                          attributes=attrs)
+    root.create_array(STATUS_ARRAY, shape=(0,), chunks=(s,), dtype="uint8", fill_value=0,
+                      compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM,),
+                      attributes={"description": "0 empty or pending, 1 ingested, 2 quarantined",
+                                  "flag_values": [0, 1, 2], "flag_meanings": "empty ingested quarantined"})
+    root.require_group(schema.DONE_GROUP)
+    root.require_group(schema.SENTINEL_GROUP)
+    root.require_group(schema.VIEWS_GROUP)
+    root.attrs.update({
+        "format": FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION, "patch_size": p,
+        "patches_per_shard": s, "codec": layout.codec, "crs": f"EPSG:{schema.CRS_EPSG}",
+        "footprint_m": schema.PATCH_FOOTPRINT_M, "domains": [], "areas": [], "cameras": [],
+        "split_names": list(schema.SPLIT_NAMES), "classes": {str(k): v[0] for k, v in schema.RAW_CLASSES.items()},
+        "class_colors": {str(k): v[1] for k, v in schema.RAW_CLASSES.items()}, "runs": [],
+        "band_stats": {}, "quarantine": {},
+    })
+    return root
+
+
+
+
+def n_rows(root: zarr.Group) -> int:
+    """Return the number of patch rows (including empty padding rows before shard-aligned appends)."""
+    return int(root["patch_id"].shape[0])
+
+
+def next_run_start(root: zarr.Group) -> int:
+    """Return the first row a new run may use: the shard boundary after every recorded run."""
+    s = int(root.attrs["patches_per_shard"])
+    stop = max((int(r["rows"][1]) for r in root.attrs.get("runs", []) if "rows" in r), default=0)
+    return math.ceil(stop / s) * s
+
+
+def grow(root: zarr.Group, total_rows: int) -> None:
+    """Resize every per-patch array to ``total_rows`` rows."""
+    for name in ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name):
+        arr = root[name]
+        if arr.shape[0] < total_rows:
+            arr.resize((total_rows, *arr.shape[1:]))
+
+
+def intern(root: zarr.Group, key: str, values: list[str]) -> dict[str, int]:
+    """Add new strings to the attrs table ``key`` (domains, areas, cameras) and return value -> code."""
+    table = list(root.attrs.get(key, []))
+    known = set(table)
+    table.extend(v for v in dict.fromkeys(values) if v not in known)
+    root.attrs[key] = table
+    return {v: i for i, v in enumerate(table)}
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 (seconds)."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def update_run(root: zarr.Group, run_id: str, **fields: Any) -> None:
+    """Update (or append) the run record ``run_id`` in the root attrs."""
+    runs = list(root.attrs.get("runs", []))
+    for r in runs:
+        if r["id"] == run_id:
+            r.update(fields)
+            break
+    else:
+        runs.append({"id": run_id, **fields})
+    root.attrs["runs"] = runs
+
+
+def valid_rows(root: zarr.Group) -> np.ndarray:
+    """Return the indices of ingested (status 1) rows."""
+    return np.flatnonzero(root[STATUS_ARRAY][:] == STATUS_OK)
+
+
+def shard_marker(shard: int) -> str:
+    """Return the path of the completion marker of patch shard ``shard``."""
+    return f"{schema.DONE_GROUP}/s{shard:07d}"
+
+
+def read_marker(root: zarr.Group, shard: int) -> dict | None:
+    """Return the report stored in a shard's marker, or None when the shard is not complete."""
+    try:
+        return root[shard_marker(shard)].attrs.asdict()
+    except KeyError:
+        return None

@@ -1,0 +1,211 @@
+"""Find the FLAIR tree(s) under a folder, pair files by patch id, and check what can be checked cheaply.
+
+Nothing here reads pixels: images are listed, Sentinel arrays are opened by their ``.npy`` header only. A bad
+patch or super-area is recorded as a problem (quarantined by the ingest) instead of stopping everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flair_lake import schema
+from flair_lake.errors import RawFormatError, RawTreeNotFoundError
+from flair_lake.raw import metadata as md
+from flair_lake.raw import names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AreaFiles:
+    """The Sentinel-2 triple of one zone (super-area)."""
+
+    domain: str
+    zone: str
+    data: Path
+    masks: Path
+    products: Path
+
+    @property
+    def name(self) -> str:
+        """Return ``D004_2021-Z8_NF``."""
+        return names.area_name(self.domain, self.zone)
+
+
+@dataclass(frozen=True)
+class PatchFiles:
+    """One patch's files and side data, paired by id."""
+
+    patch_id: int
+    domain: str
+    zone: str
+    image: Path
+    label: Path | None
+    meta: md.PatchMeta
+    centroid: tuple[int, int]
+
+    @property
+    def area(self) -> str:
+        """Return the name of the patch's super-area."""
+        return names.area_name(self.domain, self.zone)
+
+
+@dataclass
+class RawTree:
+    """Everything discovered under a raw root: good patches, areas and the problems found."""
+
+    root: Path
+    patches: dict[int, PatchFiles] = field(default_factory=dict)
+    areas: dict[str, AreaFiles] = field(default_factory=dict)
+    area_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # T, H, W
+    problems: dict[int, str] = field(default_factory=dict)  # quarantined patch id -> reason
+    area_problems: dict[str, str] = field(default_factory=dict)
+    raw_bytes: int = 0
+
+
+def _find(root: Path, name: str) -> list[Path]:
+    """Return ``root/name`` and ``root/*/name`` that exist (a tree at the root or one level down)."""
+    found = [root / name] if (root / name).exists() else []
+    found += sorted(p for p in root.glob(f"*/{name}") if p.exists())
+    return found
+
+
+def _check_area(area: AreaFiles) -> tuple[tuple[int, int, int] | None, str | None]:
+    """Return ((T, H, W), None) for a sound Sentinel triple, else (None, reason), reading headers only."""
+    for f in (area.data, area.masks, area.products):
+        if not f.exists():
+            return None, f"{f}: missing; every zone needs _data.npy, _masks.npy and _products.txt"
+    try:
+        data = np.load(area.data, mmap_mode="r")
+        masks = np.load(area.masks, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        return None, f"{area.data.parent}: unreadable or truncated .npy ({exc}); re-download the zone"
+    if data.ndim != 4 or data.shape[1] != 10 or data.dtype != np.uint16:
+        return None, (f"{area.data}: expected (T, 10, H, W) uint16, got {data.shape} {data.dtype}; "
+                      "re-download the zone")
+    if masks.ndim != 4 or masks.shape[1] != 2 or masks.dtype != np.uint8:
+        return None, (f"{area.masks}: expected (T, 2, H, W) uint8, got {masks.shape} {masks.dtype}; "
+                      "re-download the zone")
+    lines = [ln for ln in area.products.read_text().splitlines() if ln.strip()]
+    if not (data.shape[0] == masks.shape[0] == len(lines)) or data.shape[2:] != masks.shape[2:]:
+        return None, (f"{area.data.parent}: data {data.shape}, masks {masks.shape} and {len(lines)} product "
+                      "names disagree; T and H, W must match across the triple")
+    try:
+        dates = [names.parse_product_date(ln, source=area.products) for ln in lines]
+    except RawFormatError as exc:
+        return None, str(exc)
+    if dates != sorted(dates):
+        return None, f"{area.products}: product names are not in chronological order; sort the triple by date"
+    return (data.shape[0], data.shape[2], data.shape[3]), None
+
+
+def discover(root: str | Path, *, metadata_path: str | Path | None = None,
+             centroids_path: str | Path | None = None, sat_window: int = schema.S2_WINDOW) -> RawTree:
+    """Discover the FLAIR tree(s) under ``root`` and pair every file by patch id.
+
+    Raises:
+        RawTreeNotFoundError: ``root`` does not exist or holds no FLAIR tree or no image.
+        RawFormatError: a side JSON is missing or unreadable.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RawTreeNotFoundError(f"raw folder {root} does not exist; give the folder that holds "
+                                   "flair_aerial_train/ (or flair_2_aerial_test/) and the two JSON files")
+    parts = []  # (aerial dir, labels dir, sentinel dir)
+    for aer, lab, sen in names.PARTS.values():
+        for a in _find(root, aer):
+            parts.append((a, a.parent / lab, a.parent / sen))
+    if not parts:
+        raise RawTreeNotFoundError(
+            f"no FLAIR tree under {root}: expected flair_aerial_train/ or flair_2_aerial_test/ there or one "
+            "level down; check the path (create a synthetic one with `flair-lake synth`)")
+
+    def side(path, name, what):
+        if path is not None:
+            return [Path(path)]
+        found = _find(root, name)
+        if not found:
+            raise RawFormatError(f"no {name} under {root}: the {what} is needed to ingest; put it next to the "
+                                 f"tree or pass its path with --{what.split()[-1]}")
+        return found
+
+    meta: dict[int, md.PatchMeta] = {}
+    bad_meta: dict[int, str] = {}
+    for f in side(metadata_path, names.METADATA_JSON, "aerial metadata"):
+        m, b = md.read_metadata(f)
+        meta.update(m)
+        bad_meta.update(b)
+    centroids: dict[int, tuple[int, int]] = {}
+    for f in side(centroids_path, names.CENTROIDS_JSON, "Sentinel centroids"):
+        centroids.update(md.read_centroids(f))
+
+    tree = RawTree(root=root)
+    half = sat_window // 2
+    for aer_dir, lab_dir, sen_dir in parts:
+        labelled = lab_dir.is_dir()
+        images = {names.parse_id(p.name): p for p in aer_dir.glob("D*/Z*/img/IMG_*.tif")}
+        labels = {names.parse_id(p.name, names.MSK_RE): p for p in lab_dir.glob("D*/Z*/msk/MSK_*.tif")}
+        images.pop(None, None)
+        labels.pop(None, None)
+        for pid in sorted(set(labels) - set(images)):
+            tree.problems[pid] = f"{labels[pid]}: label without image {names.img_name(pid)}; add the image"
+        for zone_dir in sorted(p for p in aer_dir.glob("D*/Z*") if p.is_dir()):
+            domain, zone = zone_dir.parent.name, zone_dir.name
+            s = sen_dir / domain / zone / "sen"
+            stem = names.sentinel_stem(domain, zone)
+            area = AreaFiles(domain, zone, s / f"{stem}_data.npy", s / f"{stem}_masks.npy",
+                             s / f"{stem}_products.txt")
+            if not area.data.exists():  # tolerate other stems: the baseline globs *data.npy
+                hits = sorted(s.glob("*data.npy"))
+                if len(hits) == 1:
+                    pre = hits[0].name[: -len("data.npy")]
+                    area = AreaFiles(domain, zone, hits[0], s / f"{pre}masks.npy", s / f"{pre}products.txt")
+            shape, why = _check_area(area)
+            tree.areas[area.name] = area
+            if why:
+                tree.area_problems[area.name] = why
+            else:
+                tree.area_shapes[area.name] = shape
+                tree.raw_bytes += sum(f.stat().st_size for f in (area.data, area.masks, area.products))
+        for pid in sorted(images):
+            img = images[pid]
+            domain, zone = img.parents[2].name, img.parents[1].name
+            area_name = names.area_name(domain, zone)
+            reason = None
+            if pid in tree.patches:
+                reason = f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
+            elif labelled and pid not in labels:
+                reason = (f"{img}: no label {names.msk_name(pid)} in {lab_dir.name}/{domain}/{zone}/msk; "
+                          "add it or remove the image")
+            elif pid in bad_meta:
+                reason = bad_meta[pid]
+            elif pid not in meta:
+                reason = f"{img}: {names.metadata_key(pid)} missing from {names.METADATA_JSON}; add its entry"
+            elif (meta[pid].domain, meta[pid].zone) != (domain, zone):
+                reason = (f"{img}: metadata says {meta[pid].domain}/{meta[pid].zone} but the file is in "
+                          f"{domain}/{zone}; fix the entry or move the file")
+            elif pid not in centroids:
+                reason = f"{img}: {names.img_name(pid)} missing from {names.CENTROIDS_JSON}; add its centroid"
+            elif area_name in tree.area_problems:
+                reason = f"super-area {area_name}: {tree.area_problems[area_name]}"
+            else:
+                t, h, w = tree.area_shapes[area_name]
+                r, c = centroids[pid]
+                if r - half < 0 or c - half < 0 or r + half > h or c + half > w:
+                    reason = (f"patch {names.metadata_key(pid)}: centroid ({r}, {c}) is outside super-area "
+                              f"{h}x{w} of {domain}/{zone}; the {sat_window}x{sat_window} window needs {half} px "
+                              "of margin; fix the centroid JSON")
+            if reason:
+                tree.problems[pid] = reason
+                continue
+            tree.patches[pid] = PatchFiles(pid, domain, zone, img, labels.get(pid) if labelled else None,
+                                           meta[pid], centroids[pid])
+            tree.raw_bytes += img.stat().st_size + (labels[pid].stat().st_size if pid in labels else 0)
+    if not tree.patches and not tree.problems:
+        raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in <domain>/<zone>/img/; "
+                                   "check the path or the download")
+    return tree

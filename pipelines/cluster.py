@@ -1,0 +1,63 @@
+"""Dask cluster set-up: a right-sized LocalCluster, or a client of an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from flair_lake.errors import FlairLakeError
+
+log = logging.getLogger(__name__)
+
+# Each worker process decodes with one thread: no Blosc or BLAS oversubscription (LAKE_NOTES §3).
+WORKER_ENV = {"BLOSC_NTHREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+
+
+class SchedulerUnreachableError(FlairLakeError, ConnectionError):
+    """The Dask scheduler given with --scheduler cannot be reached."""
+
+
+def default_workers() -> int:
+    """Return the number of worker processes for this machine (one per core, at most 8)."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
+    """Yield a ``distributed.Client``: of ``scheduler`` when given, else of a new LocalCluster.
+
+    Raises:
+        SchedulerUnreachableError: the scheduler does not answer within seconds.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="5s")
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnreachableError(
+                f"cannot reach the Dask scheduler at {scheduler} ({exc.__class__.__name__}); start one with "
+                "`dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to use a local cluster") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                 "distributed.http.proxy", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    n = workers or default_workers()
+    with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()

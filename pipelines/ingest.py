@@ -1,0 +1,371 @@
+"""The ingest pipeline: a raw FLAIR tree into a Zarr lake, one Dask task per output shard.
+
+Reads top to bottom: discover the tree (no pixels) -> plan the rows of the new patches (a run starts at a shard
+boundary, so no two runs share a shard) -> record the run -> write the coordinates -> map the shard and
+super-area tasks over the cluster -> record the outcome. The tasks are plain functions of their own inputs
+(the lake URL, the rows and files they own); each writes whole shards, then its marker. Re-running after a
+kill skips every shard and area whose marker exists and writes the rest: the result is the same lake.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import IngestConfig
+from flair_lake.errors import FlairLakeError, RawFormatError
+from flair_lake.raw import names
+from flair_lake.raw.discover import AreaFiles, PatchFiles, RawTree, discover
+from flair_lake.raw.readers import read_geotiff, read_sentinel_area
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PARTIAL = 0, 3
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest run did."""
+
+    lake: str
+    run_id: str
+    added: int = 0
+    quarantined: dict[int, str] = field(default_factory=dict)
+    areas_written: int = 0
+    areas_skipped: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    resumed_runs: int = 0
+    seconds: float = 0.0
+    raw_bytes: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """Return 0 when everything landed, 3 ("partial") when some patches were quarantined."""
+        return EXIT_PARTIAL if self.quarantined else EXIT_OK
+
+    def lines(self) -> list[str]:
+        """Return a human summary."""
+        rate = self.added / self.seconds if self.seconds else 0.0
+        out = [f"ingested {self.added} patches into {self.lake} in {self.seconds:.1f} s ({rate:.0f} patches/s); "
+               f"shards written {self.shards_written}, already complete {self.shards_skipped}; "
+               f"super-areas written {self.areas_written}, already complete {self.areas_skipped}"
+               + (f"; resumed {self.resumed_runs} interrupted run(s)" if self.resumed_runs else "")]
+        if self.quarantined:
+            out.append(f"quarantined {len(self.quarantined)} patch(es) (exit code {EXIT_PARTIAL}, partial):")
+            out += [f"  {names.metadata_key(pid)}: {why}" for pid, why in sorted(self.quarantined.items())]
+        return out
+
+
+# --- tasks (run on Dask workers) --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardTask:
+    """One output shard: the rows it owns and the files that fill them."""
+
+    lake: str
+    shard: int
+    row0: int
+    items: tuple[tuple[int, str, str | None], ...]  # (patch id, image path, label path or None), row order
+    patch_size: int
+    storage_options: dict | None = None
+
+
+def write_patch_shard(task: ShardTask) -> dict:
+    """Read a shard's GeoTIFFs and write its aerial, label, transform, CRS and status rows, then its marker.
+
+    A patch whose files are unreadable or malformed is written as zeros with status 2 and reported.
+    """
+    import zarr
+
+    n, p = len(task.items), task.patch_size
+    aerial = np.zeros((n, 5, p, p), np.uint8)
+    label = np.zeros((n, p, p), np.uint8)
+    transform = np.full((n, 6), np.nan)
+    epsg = np.zeros(n, np.int32)
+    status = np.full(n, lk.STATUS_OK, np.uint8)
+    bad: dict[str, str] = {}
+    for i, (pid, img, msk) in enumerate(task.items):
+        try:
+            aerial[i], gt, epsg[i] = read_geotiff(Path(img), bands=5, size=p)
+            if msk is not None:
+                label[i], gt_msk, _ = read_geotiff(Path(msk), bands=1, size=p)
+            transform[i] = gt
+        except RawFormatError as exc:
+            aerial[i], label[i], status[i] = 0, 0, lk.STATUS_QUARANTINED
+            bad[str(pid)] = str(exc)
+    ok = status == lk.STATUS_OK
+    # running sums for per-band normalisation statistics (float64: exact enough for 1e11 pixels)
+    sums = aerial[ok].sum(axis=(0, 2, 3), dtype=np.float64)
+    sq = np.einsum("nbyx,nbyx->b", aerial[ok].astype(np.float32), aerial[ok].astype(np.float32),
+                   dtype=np.float64) if ok.any() else np.zeros(5)
+    root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
+    rows = slice(task.row0, task.row0 + n)
+    root["aerial"][rows] = aerial
+    root["label"][rows] = label
+    root["transform"][rows] = transform
+    root["crs_epsg"][rows] = epsg
+    root[lk.STATUS_ARRAY][rows] = status
+    report = {"rows": [task.row0, task.row0 + n], "bad": bad, "aerial_sum": sums.tolist(),
+              "aerial_sumsq": sq.tolist(), "pixels": int(ok.sum()) * p * p}
+    root.create_group(lk.shard_marker(task.shard), attributes=report, overwrite=True)
+    return {"shard": task.shard, **report}
+
+
+@dataclass(frozen=True)
+class AreaTask:
+    """One Sentinel-2 super-area to copy into ``sentinel/<area>``."""
+
+    lake: str
+    area: AreaFiles
+    codec: str
+    level: int
+    storage_options: dict | None = None
+
+
+def write_area(task: AreaTask) -> dict:
+    """Copy a super-area triple into the lake (read once), then mark the group complete."""
+    import zarr
+
+    data, masks, products, dates = read_sentinel_area(task.area.data, task.area.masks, task.area.products)
+    t, _, h, w = data.shape
+    root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
+    g = root.require_group(f"{schema.SENTINEL_GROUP}/{task.area.name}")
+    tc = min(t, 8)
+    g.create_array("data", shape=data.shape, chunks=(tc, 10, h, w), dtype="uint16", fill_value=0,
+                   compressors=lk.compressors(task.codec, task.level, typesize=2), overwrite=True,
+                   dimension_names=("date", "s2_band", "row", "col"))[...] = data
+    g.create_array("masks", shape=masks.shape, chunks=(tc, 2, h, w), dtype="uint8", fill_value=0,
+                   compressors=lk.compressors(task.codec, task.level), overwrite=True,
+                   dimension_names=("date", "mask_band", "row", "col"))[...] = masks
+    days = np.array([(d - _EPOCH).days for d in dates], np.int32)
+    g.create_array("dates", shape=(t,), chunks=(max(t, 1),), dtype="int32", fill_value=0, overwrite=True,
+                   dimension_names=("date",), compressors=(),
+                   attributes={"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"})[...] = days
+    # clear-pixel band sums for Sentinel normalisation statistics
+    clear = (masks.max(axis=1) < 60)[:, None]
+    vals = np.where(clear, data, 0).astype(np.float64)
+    g.attrs.update({"domain": task.area.domain, "zone": task.area.zone, "products": products,
+                    "bands": list(schema.S2_BANDS), "mask_bands": list(schema.S2_MASK_BANDS),
+                    "clear_sum": vals.sum(axis=(0, 2, 3)).tolist(),
+                    "clear_sumsq": (vals**2).sum(axis=(0, 2, 3)).tolist(),
+                    "clear_pixels": int(clear.sum()), "complete": True})
+    return {"area": task.area.name, "dates": t}
+
+
+_EPOCH = __import__("datetime").date(1970, 1, 1)
+
+
+# --- coordinator ------------------------------------------------------------------------------------------------
+def _patch_size(tree: RawTree) -> int:
+    """Return the aerial patch size of the tree from the first good image's header."""
+    import rasterio
+
+    for pf in tree.patches.values():
+        try:
+            with rasterio.open(pf.image) as src:
+                return int(src.width)
+        except Exception:  # noqa: BLE001 - a bad first file: try the next, the task quarantines it
+            continue
+    raise RawFormatError(f"no readable IMG_*.tif under {tree.root}; check the download")
+
+
+def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
+    """Write the coordinator-owned per-patch columns of ``rows`` from the metadata (idempotent)."""
+    dom = lk.intern(root, "domains", [p.domain for p in patches])
+    area = lk.intern(root, "areas", [p.area for p in patches])
+    cam = lk.intern(root, "cameras", [p.meta.camera for p in patches])
+    split = [schema.official_split(p.domain) for p in patches]
+    cols = {
+        "patch_id": np.array([p.patch_id for p in patches], np.int32),
+        "domain": np.array([dom[p.domain] for p in patches], np.int16),
+        "zone": np.array([area[p.area] for p in patches], np.int32),
+        "split": np.array([schema.SPLIT_CODES.get(s, schema.UNKNOWN_SPLIT) for s in split], np.uint8),
+        "year": np.array([p.meta.acquired.year for p in patches], np.int16),
+        "camera": np.array([cam[p.meta.camera] for p in patches], np.int16),
+        "centroid_x": np.array([p.meta.x for p in patches]),
+        "centroid_y": np.array([p.meta.y for p in patches]),
+        "centroid_z": np.array([p.meta.z for p in patches]),
+        "acquired": np.array([int((p.meta.acquired - _EPOCH_DT).total_seconds()) for p in patches], np.int64),
+        "s2_row": np.array([p.centroid[0] for p in patches], np.int32),
+        "s2_col": np.array([p.centroid[1] for p in patches], np.int32),
+        "has_label": np.array([p.label is not None for p in patches], np.uint8),
+    }
+    sl = slice(rows.start, rows.stop)
+    for name, values in cols.items():
+        root[name][sl] = values
+
+
+_EPOCH_DT = __import__("datetime").datetime(1970, 1, 1)
+
+
+def _present_ids(root) -> set[int]:
+    """Return the patch ids the lake already holds or has quarantined (recorded runs only)."""
+    ids: set[int] = set()
+    for r in root.attrs.get("runs", []):
+        if "rows" in r:
+            a, b = r["rows"]
+            ids.update(int(i) for i in root["patch_id"][a:b] if i >= 0)
+    ids.update(int(k) for k in root.attrs.get("quarantine", {}))
+    return ids
+
+
+def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
+           metadata_path: str | None = None, centroids_path: str | None = None,
+           storage_options: dict | None = None, progress: bool | None = None) -> IngestSummary:
+    """Ingest the FLAIR tree(s) under ``raw`` into ``lake``: create, append, or resume an interrupted run.
+
+    Raises:
+        FlairLakeError: wrong root, empty tree, unwritable target (nothing is written then).
+    """
+    t0 = time.perf_counter()
+    lk.check_writable(lake)
+    tree = discover(raw, metadata_path=metadata_path, centroids_path=centroids_path, sat_window=cfg.sat_window)
+    exists = lk.is_url(lake) or (Path(lake) / "zarr.json").exists()
+    if exists:
+        root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+        if int(root.attrs["patch_size"]) != _patch_size(tree) and tree.patches:
+            raise FlairLakeError(f"{raw} has {_patch_size(tree)} px patches but {lake} holds "
+                                 f"{root.attrs['patch_size']} px ones; ingest into another lake")
+    else:
+        if not tree.patches:
+            first = next(iter(sorted(tree.problems.items())))
+            raise RawFormatError(f"no valid patch under {raw}; first problem: {first[1]}")
+        root = lk.create_lake(lake, lk.Layout(_patch_size(tree), cfg.patches_per_shard, cfg.codec,
+                                              cfg.zstd_level), storage_options=storage_options)
+    patch_size = int(root.attrs["patch_size"])
+    per_shard = int(root.attrs["patches_per_shard"])
+    run_id = f"ingest-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
+    summary = IngestSummary(lake=lake, run_id=run_id, raw_bytes=tree.raw_bytes)
+
+    # 1. interrupted runs: their rows are recorded; write the shards that have no marker
+    work: list[tuple[str, range, list[PatchFiles], dict[str, AreaFiles]]] = []
+    for r in root.attrs.get("runs", []):
+        if r.get("command") == "ingest" and r.get("status") == "running":
+            rtree = tree if Path(r["raw"]) == Path(raw) else discover(r["raw"], sat_window=cfg.sat_window)
+            ids = root["patch_id"][r["rows"][0]:r["rows"][1]]
+            missing = [int(i) for i in ids if int(i) not in rtree.patches]
+            if missing:
+                raise FlairLakeError(f"cannot resume run {r['id']}: {len(missing)} patch(es) of {r['raw']} are "
+                                     f"gone (e.g. {names.img_name(missing[0])}); restore the raw tree")
+            work.append((r["id"], range(*r["rows"]), [rtree.patches[int(i)] for i in ids], rtree.areas))
+            summary.resumed_runs += 1
+
+    # 2. the new patches: not yet in the lake, sorted by super-area then id (filter reads areas in order)
+    present = _present_ids(root)
+    new = sorted((p for pid, p in tree.patches.items() if pid not in present), key=lambda p: (p.area, p.patch_id))
+    new_problems = {pid: why for pid, why in tree.problems.items() if pid not in present}
+    if new or new_problems:
+        start = lk.next_run_start(root)
+        rows = range(start, start + len(new))
+        lk.update_run(root, run_id, command="ingest", status="running", raw=str(Path(raw).resolve()),
+                      rows=[rows.start, rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
+                      patches_planned=len(new))
+        if new:
+            work.append((run_id, rows, new, tree.areas))
+    for _, rows, patches, _ in work:  # idempotent: also repairs a run killed before its coordinates landed
+        lk.grow(root, rows.stop)
+        _write_coords(root, rows, patches)
+
+    # 3. tasks: shards without a marker, super-areas not yet complete
+    shard_tasks, area_tasks = [], []
+    for _, rows, patches, areas in work:
+        for s0 in range(rows.start, rows.stop, per_shard):
+            shard = s0 // per_shard
+            if lk.read_marker(root, shard) is not None:
+                summary.shards_skipped += 1
+                continue
+            chunk = patches[s0 - rows.start: s0 - rows.start + per_shard]
+            shard_tasks.append(ShardTask(lake, shard, s0, tuple(
+                (p.patch_id, str(p.image), str(p.label) if p.label else None) for p in chunk),
+                patch_size, storage_options))
+        for name in sorted({p.area for p in patches}):
+            if root.get(f"{schema.SENTINEL_GROUP}/{name}") is not None and \
+                    root[f"{schema.SENTINEL_GROUP}/{name}"].attrs.get("complete"):
+                summary.areas_skipped += 1
+                continue
+            area_tasks.append(AreaTask(lake, areas[name], cfg.codec, cfg.zstd_level, storage_options))
+    if shard_tasks or area_tasks:
+        _run_tasks(shard_tasks, area_tasks, cfg, progress, summary)
+
+    # 4. outcome: per-run counts, quarantine, statistics; runs that were resumed are complete now
+    reports = {s: lk.read_marker(root, s) for _, rows, _, _ in work
+               for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))}
+    quarantine = dict(root.attrs.get("quarantine", {}))
+    for rid, rows, patches, _ in work:
+        bad = {k: v for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))
+               for k, v in (reports[s] or {}).get("bad", {}).items()}
+        bad_ids = {int(k) for k in bad}
+        lk.update_run(root, rid, status="complete", finished=lk.now_iso(),
+                      ingested=len(patches) - len(bad_ids), quarantined=len(bad_ids))
+        quarantine.update(bad)
+        summary.quarantined.update({int(k): v for k, v in bad.items()})
+        summary.added += len(patches) - len(bad_ids)
+    quarantine.update({str(k): v for k, v in new_problems.items()})
+    summary.quarantined.update(new_problems)
+    root.attrs["quarantine"] = quarantine
+    _update_band_stats(root)
+    summary.seconds = time.perf_counter() - t0
+    if new or new_problems:
+        lk.update_run(root, run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
+                      raw_bytes=tree.raw_bytes, plan_quarantined=len(new_problems),
+                      quarantined_ids=sorted(int(k) for k in summary.quarantined))
+    return summary
+
+
+def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: IngestSummary) -> None:
+    """Map the tasks over a Dask cluster with a progress bar."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipelines.cluster import dask_client
+
+    with dask_client(cfg.scheduler, cfg.workers, cfg.threads_per_worker) as client:
+        futures = client.map(write_area, area_tasks, pure=False, retries=1) + \
+            client.map(write_patch_shard, shard_tasks, pure=False, retries=1)
+        bar = tqdm(total=len(futures), desc="ingest", unit="task", disable=None if progress is None else not progress)
+        for fut in as_completed(futures):
+            res = fut.result()
+            if "shard" in res:
+                summary.shards_written += 1
+            else:
+                summary.areas_written += 1
+            bar.update()
+        bar.close()
+
+
+def _update_band_stats(root) -> None:
+    """Recompute per-band mean and std of the aerial bands (from shard reports) and Sentinel clear pixels."""
+    per_shard = int(root.attrs["patches_per_shard"])
+    tot, sq, n = np.zeros(5), np.zeros(5), 0
+    for s in range(math.ceil(lk.n_rows(root) / per_shard)):
+        rep = lk.read_marker(root, s)
+        if rep:
+            tot += rep["aerial_sum"]
+            sq += rep["aerial_sumsq"]
+            n += rep["pixels"]
+    stats = dict(root.attrs.get("band_stats", {}))
+    if n:
+        mean = tot / n
+        stats["aerial"] = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(sq / n - mean**2, 0)).tolist(),
+                           "bands": list(schema.AERIAL_BANDS)}
+    s_tot, s_sq, s_n = np.zeros(10), np.zeros(10), 0
+    sen = root.get(schema.SENTINEL_GROUP)
+    if sen is not None:
+        for _, g in sen.groups():
+            a = g.attrs
+            if a.get("complete") and a.get("clear_pixels"):
+                s_tot += a["clear_sum"]
+                s_sq += a["clear_sumsq"]
+                s_n += a["clear_pixels"]
+    if s_n:
+        mean = s_tot / s_n
+        stats["sentinel"] = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(s_sq / s_n - mean**2, 0)).tolist(),
+                             "bands": list(schema.S2_BANDS)}
+    root.attrs["band_stats"] = stats

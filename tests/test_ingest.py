@@ -1,0 +1,195 @@
+"""Ingest: bit-exact round trip, resume after SIGKILL, append, no-op re-ingest, CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+import zarr
+from click.testing import CliRunner
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.cli import main
+from flair_lake.config import IngestConfig, SynthConfig
+from flair_lake.raw import metadata, names
+from flair_lake.synth import synthesize
+from pipelines.ingest import ingest
+
+PER_ARRAY = ("aerial", "label", "status", "patch_id", "domain", "zone", "split", "year", "camera", "centroid_x",
+             "centroid_y", "centroid_z", "acquired", "s2_row", "s2_col", "crs_epsg", "transform", "has_label")
+
+
+def _rows_by_id(root) -> dict[int, int]:
+    ids = root["patch_id"][:]
+    ok = root["status"][:] == lk.STATUS_OK
+    return {int(i): r for r, i in enumerate(ids) if ok[r]}
+
+
+def test_round_trip_is_bit_exact(raw_tree, lake):
+    root = zarr.open_group(lake, mode="r")
+    rows = _rows_by_id(root)
+    meta, _ = metadata.read_metadata(raw_tree / names.METADATA_JSON)
+    cents = metadata.read_centroids(raw_tree / names.CENTROIDS_JSON)
+    assert set(rows) == set(meta)
+    rng = np.random.default_rng(0)
+    areas = root.attrs["areas"]
+    domains = root.attrs["domains"]
+    for pid in rng.choice(sorted(rows), size=10, replace=False):
+        pid, r = int(pid), rows[int(pid)]
+        m = meta[pid]
+        img = next(raw_tree.glob(f"*/{m.domain}/{m.zone}/img/{names.img_name(pid)}"))
+        msk = next(raw_tree.glob(f"*/{m.domain}/{m.zone}/msk/{names.msk_name(pid)}"))
+        with rasterio.open(img) as src:
+            np.testing.assert_array_equal(root["aerial"][r], src.read())
+            assert tuple(root["transform"][r]) == src.transform.to_gdal()
+            assert root["crs_epsg"][r] == src.crs.to_epsg() == 2154
+        with rasterio.open(msk) as src:
+            np.testing.assert_array_equal(root["label"][r], src.read(1))
+        assert domains[root["domain"][r]] == m.domain
+        area = areas[root["zone"][r]]
+        assert area == f"{m.domain}-{m.zone}"
+        assert (root["centroid_x"][r], root["centroid_y"][r], root["centroid_z"][r]) == (m.x, m.y, m.z)
+        assert root["year"][r] == m.acquired.year
+        assert dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(root["acquired"][r])) == m.acquired
+        assert root.attrs["cameras"][root["camera"][r]] == m.camera
+        assert schema.SPLIT_NAMES[root["split"][r]] == schema.official_split(m.domain)
+        # the Sentinel window at the centroid, with dates keeping the real year
+        row, col = cents[pid]
+        assert (root["s2_row"][r], root["s2_col"][r]) == (row, col)
+        stem = raw_tree.glob(f"*/{m.domain}/{m.zone}/sen/*_data.npy")
+        data_f = next(stem)
+        raw = np.load(data_f)
+        g = root[f"sentinel/{area}"]
+        np.testing.assert_array_equal(g["data"][:, :, row - 20:row + 20, col - 20:col + 20],
+                                      raw[:, :, row - 20:row + 20, col - 20:col + 20])
+        masks = np.load(str(data_f).replace("_data.npy", "_masks.npy"))
+        np.testing.assert_array_equal(g["masks"][:], masks)
+        lines = Path(str(data_f).replace("_data.npy", "_products.txt")).read_text().split()
+        dates = [dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in g["dates"][:]]
+        assert dates == [names.parse_product_date(x) for x in lines]
+        assert {d.year for d in dates} == {int(m.domain[-4:])}
+        assert g.attrs["products"] == lines
+
+
+def test_lake_opens_with_plain_xarray_and_zarr(lake):
+    ds = xr.open_zarr(lake, consolidated=False)
+    assert ds["aerial"].dims == ("patch", "band", "y", "x")
+    assert ds["acquired"].dtype.kind == "M"  # CF-decoded datetimes
+    root = zarr.open_group(lake, mode="r")
+    assert root.attrs["schema_version"] == schema.SCHEMA_VERSION
+    assert root["aerial"].shards == (8, 5, 64, 64) and root["aerial"].chunks == (1, 5, 64, 64)
+    run = root.attrs["runs"][-1]
+    assert run["status"] == "complete" and run["ingested"] == 32
+    stats = root.attrs["band_stats"]
+    assert len(stats["aerial"]["mean"]) == 5 and len(stats["sentinel"]["std"]) == 10
+
+
+def _arrays(path: str) -> dict[str, np.ndarray]:
+    root = zarr.open_group(path, mode="r")
+    out = {k: root[k][:] for k in PER_ARRAY}
+    for name, g in root["sentinel"].groups():
+        for k in ("data", "masks", "dates"):
+            out[f"{name}/{k}"] = g[k][:]
+    return out
+
+
+def _assert_same_lake(a: str, b: str) -> None:
+    xa, xb = _arrays(a), _arrays(b)
+    assert sorted(xa) == sorted(xb)
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def medium_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("medium") / "raw"
+    synthesize(root, SynthConfig(domains=("D006_2020", "D004_2021"), zones_per_domain=2, patches_per_zone=9,
+                                 patch_size=64, max_dates=24))
+    return root
+
+
+def test_resume_after_sigkill_gives_the_same_lake(medium_tree, tmp_path):
+    reference = str(tmp_path / "ref.zarr")
+    assert ingest(medium_tree, reference, IngestConfig(workers=1, patches_per_shard=4)).exit_code == 0
+    killed_mid_run = False
+    for attempt in range(3):
+        target = tmp_path / f"killed{attempt}.zarr"
+        cmd = [sys.executable, "-m", "flair_lake.cli", "ingest", str(medium_tree), str(target), "--workers", "1",
+               "--patches-per-shard", "4"]
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            done = list((target / "done").glob("s*")) if (target / "done").exists() else []
+            if len(done) >= 1 + attempt:
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        root = zarr.open_group(str(target), mode="r")
+        pending = [r for r in root.attrs["runs"] if r["status"] == "running"]
+        n_done = len(list((target / "done").glob("s*")))
+        killed_mid_run |= bool(pending) and 0 < n_done < 9
+        res = CliRunner().invoke(main, ["ingest", str(medium_tree), str(target), "--workers", "1"])
+        assert res.exit_code == 0, res.output
+        if pending:
+            assert "already complete" in res.output and "resumed 1" in res.output
+        _assert_same_lake(reference, str(target))
+        root = zarr.open_group(str(target), mode="r")
+        assert all(r["status"] == "complete" for r in root.attrs["runs"])
+    assert killed_mid_run, "no attempt killed the ingest between two shards"
+
+
+def test_append_and_noop(medium_tree, tmp_path):
+    second = tmp_path / "second"
+    synthesize(second, SynthConfig(domains=("D015_2020",), zones_per_domain=1, patches_per_zone=5, patch_size=64,
+                                   max_dates=22))
+    path = str(tmp_path / "lake.zarr")
+    first = ingest(medium_tree, path, IngestConfig(workers=1, patches_per_shard=4))
+    assert first.added == 36
+    before = _arrays(path)
+    again = ingest(medium_tree, path, IngestConfig(workers=1))
+    assert again.added == 0 and again.shards_written == 0 and again.exit_code == 0
+    after = _arrays(path)
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    more = ingest(second, path, IngestConfig(workers=1))
+    assert more.added == 5 and more.areas_written == 1
+    root = zarr.open_group(path, mode="r")
+    ids = root["patch_id"][:]
+    status = root["status"][:]
+    assert (status == lk.STATUS_OK).sum() == 41
+    # the appended run starts on a shard boundary: rows 36..39 are padding, never written
+    assert root.attrs["runs"][-1]["rows"] == [36, 41]
+    grown = _arrays(path)
+    for k in PER_ARRAY:
+        np.testing.assert_array_equal(grown[k][:36], before[k][:36], err_msg=k)
+    assert set(ids[status == 1]) == set(ids[:36]) | {150001, 150002, 150003, 150004, 150005}
+    assert "D015_2020" in root.attrs["domains"]
+
+
+def test_cli_ingest_and_info(raw_tree, tmp_path):
+    path = str(tmp_path / "lake.zarr")
+    res = CliRunner().invoke(main, ["ingest", str(raw_tree), path, "--workers", "2", "--codec", "lz4"])
+    assert res.exit_code == 0, res.output
+    assert "ingested 32 patches" in res.output
+    res = CliRunner().invoke(main, ["info", path])
+    assert res.exit_code == 0, res.output
+    assert "train 16" in res.output and "val 8" in res.output and "blosc-lz4" in res.output
+    res = CliRunner().invoke(main, ["info", path, "--json"])
+    import json
+
+    rep = json.loads(res.output)
+    assert rep["patches"] == 32 and rep["per_domain"]["D015_2020"] == 8
+    assert rep["compression_ratio"] > 1.0
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "nope.zarr")])
+    assert res.exit_code == 1 and "no lake at" in res.output and "flair-lake ingest" in res.output
