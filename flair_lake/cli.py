@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from flair_lake import config
+from flair_lake import config, schema
 from flair_lake.errors import FlairLakeError
 
 
@@ -120,6 +120,55 @@ def ingest(raw, lake, scheduler, workers, codec, patches_per_shard, sat_window, 
     for line in summary.lines():
         click.echo(line)
     sys.exit(summary.exit_code)
+
+
+@main.command("filter")
+@click.argument("lake", default=config.default_lake)
+@click.option("--cloud", "max_cover", type=click.FloatRange(0, 1),
+              help=f"Drop a date when this FRACTION (0..1) of the patch's {schema.S2_WINDOW}x"
+              f"{schema.S2_WINDOW} window is covered [default: {config.FilterConfig.max_cover}; "
+              "the released baseline used 0.5].")
+@click.option("--prob", "min_prob", type=click.FloatRange(0, 100),
+              help="A pixel is covered when its snow or cloud PROBABILITY in PERCENT (0..100) is >= this "
+              f"[default: {config.FilterConfig.min_prob:g}].")
+@click.option("--combine", type=click.Choice(config.COMBINE_RULES),
+              help="union: a pixel flagged snow and cloud counts once; sum: twice, as the baseline does "
+              f"[default: {config.FilterConfig.combine}].")
+@click.option("--monthly", is_flag=True, default=None, help="Also build dense monthly composites "
+              "(patch, 12, 10, 40, 40) with clear-date counts and day offsets.")
+@click.option("--reducer", type=click.Choice(config.REDUCERS), help="Monthly reducer [default: mean].")
+@click.option("--mask-pixels", is_flag=True, default=None,
+              help="Average only the clear pixels of each kept date.")
+@click.option("--preset", type=click.Choice(["baseline"]), help="baseline: the released FLAIR #2 code exactly "
+              "(prob >= 60, summed snow + cloud counts, cover >= 0.5 dropped, unmasked monthly mean, empty "
+              "months skipped, day offsets to 15 May 2021).")
+@click.option("--name", help="View name (default: derived from the parameters).")
+@click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port).")
+@click.option("--workers", type=int, help="Worker processes of the LocalCluster (default: one per core).")
+@click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
+@_handle_errors
+def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, name, overwrite,
+               scheduler, workers, storage_option):
+    """Drop cloudy and snowy dates and build monthly composites, once, as a named view in LAKE.
+
+    LAKE defaults to $FLAIR_LAKE or ./lake.zarr. Re-running with the same parameters does nothing; other
+    parameters make another view.
+    """
+    from pipelines.filter import run_filter
+
+    given = {k: v for k, v in dict(max_cover=max_cover, min_prob=min_prob, combine=combine, monthly=monthly,
+                                   reducer=reducer, mask_pixels=mask_pixels).items() if v is not None}
+    if preset == "baseline":
+        if given:
+            raise click.UsageError(f"--preset baseline fixes every threshold; drop {', '.join(sorted(given))}")
+        cfg = config.FilterConfig.baseline()
+    else:
+        cfg = config.FilterConfig(**given)
+    summary = run_filter(lake, cfg, name=name, overwrite=overwrite, scheduler=scheduler, workers=workers,
+                         storage_options=_storage_options(storage_option))
+    for line in summary.lines():
+        click.echo(line)
 
 
 @main.command()

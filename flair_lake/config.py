@@ -122,6 +122,7 @@ class FilterConfig:
     reducer: str = "mean"
     mask_pixels: bool = False  # average only the clear pixels of each kept date
     skip_empty_months: bool = False  # baseline: T' = months with a clear date (dense cube keeps 12 either way)
+    ref_year: int | None = None  # year of the 15 May reference of month day offsets; None: acquisition year
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_cover <= 1.0:
@@ -137,7 +138,7 @@ class FilterConfig:
     def baseline(cls) -> "FilterConfig":
         """Return the released baseline's exact behaviour (FLAIR2_BASELINE.md §2.3-2.4)."""
         return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
-                   mask_pixels=False, skip_empty_months=True)
+                   mask_pixels=False, skip_empty_months=True, ref_year=2021)
 
 
 @dataclass(frozen=True)

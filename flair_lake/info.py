@@ -114,6 +114,22 @@ def format_report(r: dict) -> str:
     lines += ["", "views:" if r["views"] else "views: none (run `flair-lake filter`)"]
     for v in r["views"]:
         lines.append(f"  {v['name']}: " + ", ".join(f"{k}={v[k]}" for k in sorted(v) if k not in ("name", "report")))
-        for line in v.get("report_lines", []):
+        for line in report_lines(v.get("report", {})):
             lines.append(f"    {line}")
     return "\n".join(lines)
+
+
+def report_lines(report: dict) -> list[str]:
+    """Return the human form of a view report."""
+    if not report:
+        return []
+    lines = ["dates kept / dropped per domain: " + ", ".join(
+        f"{d} {v['kept']}/{v['dropped']}" for d, v in report["per_domain"].items())]
+    if "clear_month_histogram" in report:
+        lines.append("patches by number of months with a clear date (0..12): "
+                     + " ".join(str(x) for x in report["clear_month_histogram"]))
+    none = report["no_clear_date"]
+    lines.append(f"patches with no clear date: {len(none)}"
+                 + (f" ({', '.join(f'IMG_{i:06d}' for i in none[:10])}{', ...' if len(none) > 10 else ''})"
+                    if none else ""))
+    return lines

@@ -87,6 +87,9 @@ def check_writable(lake: str) -> None:
     parent = p if p.exists() else p.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise TargetNotWritableError(f"cannot write {lake}: {parent} is a file, not a folder; choose a path "
+                                     "in a writable folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TargetNotWritableError(f"cannot write {lake}: {parent} is not writable; choose a writable folder")
     if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
@@ -196,14 +199,14 @@ def valid_rows(root: zarr.Group) -> np.ndarray:
     return np.flatnonzero(root[STATUS_ARRAY][:] == STATUS_OK)
 
 
-def shard_marker(shard: int) -> str:
-    """Return the path of the completion marker of patch shard ``shard``."""
-    return f"{schema.DONE_GROUP}/s{shard:07d}"
+def shard_marker(shard: int, prefix: str = schema.DONE_GROUP) -> str:
+    """Return the path of the completion marker of shard ``shard`` (patch arrays, or a view's ``prefix``)."""
+    return f"{prefix}/s{shard:07d}"
 
 
-def read_marker(root: zarr.Group, shard: int) -> dict | None:
+def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -> dict | None:
     """Return the report stored in a shard's marker, or None when the shard is not complete."""
     try:
-        return root[shard_marker(shard)].attrs.asdict()
+        return root[shard_marker(shard, prefix)].attrs.asdict()
     except KeyError:
         return None

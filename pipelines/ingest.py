@@ -163,17 +163,26 @@ _EPOCH = __import__("datetime").date(1970, 1, 1)
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
-def _patch_size(tree: RawTree) -> int:
-    """Return the aerial patch size of the tree from the first good image's header."""
+def _patch_size(tree: RawTree, sample: int = 25) -> int:
+    """Return the aerial patch size of the tree: the most common size among the headers of up to ``sample``
+    well-formed images (square, 5 bands, uint8) spread over the tree, so one odd file cannot set it."""
+    from collections import Counter
+
     import rasterio
 
-    for pf in tree.patches.values():
+    files = [pf.image for pf in tree.patches.values()]
+    sizes: Counter[int] = Counter()
+    for f in files[:: max(1, len(files) // sample)]:
         try:
-            with rasterio.open(pf.image) as src:
-                return int(src.width)
-        except Exception:  # noqa: BLE001 - a bad first file: try the next, the task quarantines it
+            with rasterio.open(f) as src:
+                if src.count == 5 and src.dtypes[0] == "uint8" and src.width == src.height:
+                    sizes[int(src.width)] += 1
+        except Exception:  # noqa: BLE001 - a bad file: the others decide, the task quarantines it
             continue
-    raise RawFormatError(f"no readable IMG_*.tif under {tree.root}; check the download")
+    if not sizes:
+        raise RawFormatError(f"no readable 5-band uint8 IMG_*.tif under {tree.root}; check the download")
+    # ties (tiny trees): prefer a FLAIR-like size (multiple of 32), then the larger
+    return max(sizes, key=lambda s: (sizes[s], s % 32 == 0, s))
 
 
 def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
@@ -205,14 +214,16 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
 _EPOCH_DT = __import__("datetime").datetime(1970, 1, 1)
 
 
-def _present_ids(root) -> set[int]:
-    """Return the patch ids the lake already holds or has quarantined (recorded runs only)."""
+def _present_ids(root, still_bad: set[int]) -> set[int]:
+    """Return the patch ids a new run must skip: those in the rows of recorded runs (ingested, or quarantined
+    by a shard task), and those quarantined before they got a row that are still bad. A patch whose problem
+    was fixed since (its label added, its centroid corrected, ...) is ingested by the next run."""
     ids: set[int] = set()
     for r in root.attrs.get("runs", []):
         if "rows" in r:
             a, b = r["rows"]
             ids.update(int(i) for i in root["patch_id"][a:b] if i >= 0)
-    ids.update(int(k) for k in root.attrs.get("quarantine", {}))
+    ids.update(int(k) for k in root.attrs.get("quarantine", {}) if int(k) in still_bad)
     return ids
 
 
@@ -230,8 +241,9 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     exists = lk.is_url(lake) or (Path(lake) / "zarr.json").exists()
     if exists:
         root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
-        if int(root.attrs["patch_size"]) != _patch_size(tree) and tree.patches:
-            raise FlairLakeError(f"{raw} has {_patch_size(tree)} px patches but {lake} holds "
+        size = _patch_size(tree) if tree.patches else int(root.attrs["patch_size"])
+        if int(root.attrs["patch_size"]) != size:
+            raise FlairLakeError(f"{raw} has {size} px patches but {lake} holds "
                                  f"{root.attrs['patch_size']} px ones; ingest into another lake")
     else:
         if not tree.patches:
@@ -258,7 +270,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
             summary.resumed_runs += 1
 
     # 2. the new patches: not yet in the lake, sorted by super-area then id (filter reads areas in order)
-    present = _present_ids(root)
+    present = _present_ids(root, set(tree.problems))
     new = sorted((p for pid, p in tree.patches.items() if pid not in present), key=lambda p: (p.area, p.patch_id))
     new_problems = {pid: why for pid, why in tree.problems.items() if pid not in present}
     if new or new_problems:
@@ -304,6 +316,9 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
         bad_ids = {int(k) for k in bad}
         lk.update_run(root, rid, status="complete", finished=lk.now_iso(),
                       ingested=len(patches) - len(bad_ids), quarantined=len(bad_ids))
+        for p in patches:  # a patch quarantined by an earlier run and fixed since has landed now
+            if str(p.patch_id) not in bad:
+                quarantine.pop(str(p.patch_id), None)
         quarantine.update(bad)
         summary.quarantined.update({int(k): v for k, v in bad.items()})
         summary.added += len(patches) - len(bad_ids)

@@ -93,7 +93,8 @@ def _check_area(area: AreaFiles) -> tuple[tuple[int, int, int] | None, str | Non
     lines = [ln for ln in area.products.read_text().splitlines() if ln.strip()]
     if not (data.shape[0] == masks.shape[0] == len(lines)) or data.shape[2:] != masks.shape[2:]:
         return None, (f"{area.data.parent}: data {data.shape}, masks {masks.shape} and {len(lines)} product "
-                      "names disagree; T and H, W must match across the triple")
+                      f"names in {area.products.name} disagree; T (and H, W) must match across the triple: "
+                      "re-download the zone")
     try:
         dates = [names.parse_product_date(ln, source=area.products) for ln in lines]
     except RawFormatError as exc:
@@ -123,6 +124,10 @@ def discover(root: str | Path, *, metadata_path: str | Path | None = None,
         raise RawTreeNotFoundError(
             f"no FLAIR tree under {root}: expected flair_aerial_train/ or flair_2_aerial_test/ there or one "
             "level down; check the path (create a synthetic one with `flair-lake synth`)")
+    if not any(next(a.glob("D*/Z*/img/IMG_*.tif"), None) for a, _, _ in parts):
+        raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in "
+                                   f"{'/, '.join(a.name for a, _, _ in parts)}/<domain>/<zone>/img/; check the path "
+                                   "or the download")
 
     def side(path, name, what):
         if path is not None:

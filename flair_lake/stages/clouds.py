@@ -1,0 +1,77 @@
+"""Cloud and snow cover of Sentinel-2 windows, and the date keep flags derived from it.
+
+A pixel is *covered* when its snow or cloud probability (%) is at least ``min_prob``. ``combine='union'``
+counts a pixel flagged as both once; ``combine='sum'`` counts it twice, as the released baseline does
+(FLAIR2_BASELINE.md §2.3), so its cover can exceed 1. A date is kept when its covered fraction of the window is
+strictly below ``max_cover``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def covered_count(masks: np.ndarray, *, min_prob: float, combine: str = "union") -> np.ndarray:
+    """Count covered pixels per window and date.
+
+    Args:
+        masks: (..., 2, H, W) uint8 snow and cloud probabilities in percent (channel 0 snow, 1 cloud).
+        min_prob: pixel threshold in percent; ``>=`` counts as covered (101 covers nothing).
+        combine: 'union' or 'sum'.
+
+    Returns:
+        (...,) int32 covered-pixel counts.
+    """
+    if combine == "union":
+        flagged = masks.max(axis=-3) >= min_prob  # one max, one comparison
+        return flagged.sum(axis=(-2, -1), dtype=np.int32)
+    if combine == "sum":
+        return (masks >= min_prob).sum(axis=(-3, -2, -1), dtype=np.int32)
+    raise ValueError(f"combine must be 'union' or 'sum', got {combine!r}")
+
+
+def cover_fraction(masks: np.ndarray, *, min_prob: float, combine: str = "union") -> np.ndarray:
+    """Return the covered fraction (float32, (...,)) of each (..., 2, H, W) window."""
+    h, w = masks.shape[-2:]
+    return (covered_count(masks, min_prob=min_prob, combine=combine) / np.float32(h * w)).astype(np.float32)
+
+
+def keep_dates(cover: np.ndarray, *, max_cover: float) -> np.ndarray:
+    """Return True where a date is kept: its covered fraction is below ``max_cover``."""
+    return cover < np.float32(max_cover)
+
+
+def clear_pixels(masks: np.ndarray, *, min_prob: float) -> np.ndarray:
+    """Return (..., H, W) bool: pixels neither snowy nor cloudy at ``min_prob`` (for per-pixel masking)."""
+    return masks.max(axis=-3) < min_prob
+
+
+def window_cover(masks: np.ndarray, origins: np.ndarray, *, window: int, min_prob: float,
+                 combine: str = "union") -> np.ndarray:
+    """Return the covered fraction of every patch window on every date of a super-area, by integral images.
+
+    Equal to :func:`cover_fraction` on each cropped window, but the flags are computed once per area pixel
+    instead of once per overlapping window.
+
+    Args:
+        masks: (T, 2, H, W) uint8 area snow and cloud probabilities.
+        origins: (P, 2) int top-left (row, col) of each window.
+        window: window side.
+        min_prob, combine: as in :func:`covered_count`.
+
+    Returns:
+        (P, T) float32 covered fractions.
+    """
+    if combine == "union":
+        flags = (masks.max(axis=1) >= min_prob).astype(np.int32)
+    elif combine == "sum":
+        flags = (masks >= min_prob).sum(axis=1, dtype=np.int32)
+    else:
+        raise ValueError(f"combine must be 'union' or 'sum', got {combine!r}")
+    t, h, w = flags.shape
+    ii = np.zeros((t, h + 1, w + 1), np.int32)
+    np.cumsum(np.cumsum(flags, axis=1), axis=2, out=ii[:, 1:, 1:])
+    r0, c0 = origins[:, 0], origins[:, 1]
+    r1, c1 = r0 + window, c0 + window
+    counts = ii[:, r1, c1] - ii[:, r0, c1] - ii[:, r1, c0] + ii[:, r0, c0]  # (T, P)
+    return (counts.T / np.float32(window * window)).astype(np.float32)

@@ -1,0 +1,281 @@
+"""The filter pipeline: cloud/snow date flags and monthly composites, once, as a named view in the lake.
+
+Reads top to bottom: open the lake -> name the view from its parameters (same parameters: nothing to do) ->
+create or grow the view's arrays -> one Dask task per patch shard (it reads each super-area it touches once,
+computes the cover of every window by integral images, the keep flags, and the composites per distinct
+keep-set) -> the report. Each task writes whole shards of the view, then its marker; a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import FilterConfig
+from flair_lake.errors import LakeStateError
+from flair_lake.info import report_lines
+from flair_lake.stages.clouds import keep_dates, window_cover
+from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
+
+log = logging.getLogger(__name__)
+
+BASELINE_VIEW = "baseline"
+MONTHLY_LEVEL = 1  # blosc-zstd level of the monthly cube: level 1 encodes fastest for the same decode speed
+
+
+def view_name(cfg: FilterConfig) -> str:
+    """Return the default name of the view a configuration produces (stable, readable)."""
+    if cfg == FilterConfig.baseline():
+        return BASELINE_VIEW
+    name = f"cloud{cfg.max_cover:g}-prob{cfg.min_prob:g}-{cfg.combine}"
+    if cfg.monthly:
+        name += f"-monthly-{cfg.reducer}" + ("-masked" if cfg.mask_pixels else "")
+        name += "-skipempty" if cfg.skip_empty_months else ""
+    return name
+
+
+@dataclass
+class FilterSummary:
+    """What a filter run did."""
+
+    lake: str
+    view: str
+    shards_written: int = 0
+    shards_skipped: int = 0
+    patches: int = 0
+    up_to_date: bool = False
+    seconds: float = 0.0
+    report: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Return a human summary."""
+        if self.up_to_date:
+            return [f"view {self.view} in {self.lake} is up to date with these parameters: nothing to do"]
+        rate = self.patches / self.seconds if self.seconds else 0.0
+        out = [f"view {self.view}: {self.patches} patches filtered in {self.seconds:.1f} s ({rate:.0f} patches/s); "
+               f"shards written {self.shards_written}, already complete {self.shards_skipped}"]
+        out += [f"  {line}" for line in report_lines(self.report)]
+        return out
+
+
+# --- task -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FilterTask:
+    """One patch shard of a view."""
+
+    lake: str
+    view: str
+    shard: int
+    rows: tuple[int, int]
+    cfg: FilterConfig
+    t_max: int
+    window: int
+    storage_options: dict | None = None
+
+
+def filter_shard(task: FilterTask) -> dict:
+    """Compute and write one shard of a view: cover, keep, and (monthly) composites, counts and day offsets."""
+    import zarr
+
+    root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
+    a, b = task.rows
+    n, w, half = b - a, task.window, task.window // 2
+    status = root[lk.STATUS_ARRAY][a:b]
+    zone, year = root["zone"][a:b], root["year"][a:b]
+    origins = np.stack([root["s2_row"][a:b] - half, root["s2_col"][a:b] - half], axis=1)
+    cover = np.zeros((n, task.t_max), np.float32)
+    keep = np.zeros((n, task.t_max), bool)
+    n_dates = np.zeros(n, np.int16)
+    monthly = np.zeros((n, MONTHS, 10, w, w), np.uint16) if task.cfg.monthly else None
+    counts = np.zeros((n, MONTHS), np.uint8)
+    days = np.zeros((n, MONTHS), np.int16)
+    areas = root.attrs["areas"]
+    ok = status == lk.STATUS_OK
+    for area_code in np.unique(zone[ok]):
+        g = root[f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"]
+        masks = g["masks"][:]
+        dates = g["dates"][:].astype("datetime64[D]")
+        t = masks.shape[0]
+        members = np.flatnonzero(ok & (zone == area_code))
+        cov = window_cover(masks, origins[members], window=w, min_prob=task.cfg.min_prob,
+                           combine=task.cfg.combine)
+        kp = keep_dates(cov, max_cover=task.cfg.max_cover)
+        cover[members, :t], keep[members, :t], n_dates[members] = cov, kp, t
+        if monthly is None:
+            continue
+        data = g["data"][:]  # the area is read once per task
+        clear = (masks.max(axis=1) < task.cfg.min_prob) if task.cfg.mask_pixels else None
+        date_year = dates.astype("datetime64[Y]").astype(int) + 1970
+        date_month = dates.astype("datetime64[M]").astype(int) % 12
+        for y in np.unique(year[members]):  # months of the patch's own acquisition year
+            sub = members[year[members] == y]
+            months = np.where(date_year == y, date_month, -1)
+            comp, cnt = composite_windows(data, months, kp[np.searchsorted(members, sub)], origins[sub],
+                                          window=w, reducer=task.cfg.reducer, clear=clear)
+            monthly[sub], counts[sub] = comp, cnt
+            days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
+    vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
+    vg["cover"][a:b] = cover
+    vg["keep"][a:b] = keep
+    vg["n_dates"][a:b] = n_dates
+    if monthly is not None:
+        vg["monthly"][a:b] = monthly
+        vg["month_count"][a:b] = counts
+        vg["month_days"][a:b] = days
+    report = {"rows": [a, b], "patches": int(ok.sum())}
+    root.create_group(lk.shard_marker(task.shard, f"{schema.VIEWS_GROUP}/{task.view}/done"), attributes=report,
+                      overwrite=True)
+    return {"shard": task.shard, **report}
+
+
+# --- coordinator ------------------------------------------------------------------------------------------------
+def _t_max(root) -> int:
+    """Return the largest number of dates of any super-area."""
+    sen = root.get(schema.SENTINEL_GROUP)
+    ts = [int(g["dates"].shape[0]) for _, g in sen.groups()] if sen is not None else []
+    return max(ts, default=0)
+
+
+def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int, window: int) -> None:
+    """Create the view's arrays at ``n`` rows, or grow an existing view to the lake's current size."""
+    s = int(root.attrs["patches_per_shard"])
+    path = f"{schema.VIEWS_GROUP}/{name}"
+    vg = root.get(path)
+    if vg is None:
+        vg = root.create_group(path)
+        vg.attrs.update({"params": dataclasses.asdict(cfg), "window": window, "complete": False,
+                         "created": lk.now_iso(), "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
+        z = lk.compressors("zstd")
+        vg.create_array("cover", shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
+                        compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                        attributes={"description": "covered fraction of the patch window per area date"})
+        vg.create_array("keep", shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
+                        compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                        attributes={"description": "date kept (cover < max_cover); False beyond n_dates"})
+        vg.create_array("n_dates", shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
+                        dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"})
+        if cfg.monthly:
+            vg.create_array("monthly", shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
+                            shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
+                            compressors=lk.compressors("zstd", MONTHLY_LEVEL, typesize=2),
+                            dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
+                            attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
+            vg.create_array("month_count", shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
+                            compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                            attributes={"description": "kept dates per month; 0 = empty month"})
+            vg.create_array("month_days", shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
+                            compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                            attributes={"description": "days from the 15th of the month to the reference date"})
+        return
+    for arr_name, arr in vg.arrays():
+        shape = list(arr.shape)
+        shape[0] = max(shape[0], n)
+        if arr_name in ("cover", "keep"):
+            shape[1] = max(shape[1], t_max)
+        if tuple(shape) != arr.shape:
+            arr.resize(tuple(shape))
+
+
+def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwrite: bool = False,
+               scheduler: str | None = None, workers: int | None = None, storage_options: dict | None = None,
+               progress: bool | None = None, window: int = schema.S2_WINDOW) -> FilterSummary:
+    """Build (or resume, or extend) the view of ``cfg`` in ``lake``.
+
+    Raises:
+        LakeNotFoundError: no lake at ``lake``.
+        LakeStateError: no Sentinel data, or a view of that name with other parameters (without overwrite).
+    """
+    t0 = time.perf_counter()
+    root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+    t_max = _t_max(root)
+    if t_max == 0:
+        raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
+                             "its flair_sen_* folders")
+    name = name or view_name(cfg)
+    path = f"{schema.VIEWS_GROUP}/{name}"
+    existing = root.get(path)
+    params = dataclasses.asdict(cfg)
+    if existing is not None:
+        if existing.attrs.get("params") != params and not overwrite:
+            raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
+                                 f"({existing.attrs.get('params')}); pass --overwrite or choose another --name")
+        if overwrite:
+            del root[schema.VIEWS_GROUP][name]
+    n = lk.n_rows(root)
+    per_shard = int(root.attrs["patches_per_shard"])
+    _create_or_grow_view(root, name, cfg, n, t_max, window)
+    status = root[lk.STATUS_ARRAY][:]
+    summary = FilterSummary(lake=lake, view=name)
+    tasks = []
+    for s in range(math.ceil(n / per_shard)):
+        a, b = s * per_shard, min((s + 1) * per_shard, n)
+        if not (status[a:b] == lk.STATUS_OK).any():
+            continue
+        if lk.read_marker(root, s, f"{path}/done") is not None:
+            summary.shards_skipped += 1
+            continue
+        tasks.append(FilterTask(lake, name, s, (a, b), cfg, t_max, window, storage_options))
+    vg = root[path]
+    if not tasks and vg.attrs.get("complete"):
+        summary.up_to_date = True
+        return summary
+    run_id = f"filter-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
+    lk.update_run(root, run_id, command="filter", view=name, status="running", started=lk.now_iso(),
+                  params=params)
+    if tasks:
+        _run_tasks(tasks, scheduler, workers, progress, summary)
+    report = build_report(root, name)
+    summary.patches = int((status == lk.STATUS_OK).sum())
+    summary.seconds = time.perf_counter() - t0
+    summary.report = report
+    vg.attrs.update({"complete": True, "rows": n, "report": report, "updated": lk.now_iso()})
+    root[schema.VIEWS_GROUP].attrs["latest"] = name
+    lk.update_run(root, run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
+                  patches=summary.patches)
+    return summary
+
+
+def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> None:
+    """Map the shard tasks over a Dask cluster with a progress bar."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipelines.cluster import dask_client
+
+    with dask_client(scheduler, workers) as client:
+        futures = client.map(filter_shard, tasks, pure=False, retries=1)
+        bar = tqdm(total=len(futures), desc="filter", unit="shard", disable=None if progress is None else not progress)
+        for fut in as_completed(futures):
+            fut.result()
+            summary.shards_written += 1
+            bar.update()
+        bar.close()
+
+
+def build_report(root, name: str) -> dict:
+    """Return the view's report: dates kept and dropped per domain, clear-month histogram, empty patches."""
+    vg = root[f"{schema.VIEWS_GROUP}/{name}"]
+    ok = root[lk.STATUS_ARRAY][:] == lk.STATUS_OK
+    keep = vg["keep"][:][ok]
+    n_dates = vg["n_dates"][:][ok].astype(np.int64)
+    ids = root["patch_id"][:][ok]
+    dom = root["domain"][:][ok]
+    domains = root.attrs["domains"]
+    kept = keep.sum(1)
+    per_domain = {}
+    for d in np.unique(dom):
+        sel = dom == d
+        per_domain[domains[int(d)]] = {"kept": int(kept[sel].sum()), "dropped": int((n_dates - kept)[sel].sum())}
+    report = {"per_domain": per_domain, "patches": int(ok.sum()),
+              "no_clear_date": [int(i) for i in ids[kept == 0]]}
+    if "month_count" in vg:
+        clear_months = (vg["month_count"][:][ok] > 0).sum(1)
+        report["clear_month_histogram"] = np.bincount(clear_months, minlength=MONTHS + 1).tolist()
+    return report
