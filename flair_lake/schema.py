@@ -120,8 +120,28 @@ COORDS: tuple[ArraySpec, ...] = (
     ArraySpec("crs_epsg", (), "int32", 0, "EPSG code of the aerial patch"),
     ArraySpec("has_label", (), "uint8", 0, "1 when a label mask was ingested"),
 )
-TRANSFORM = ArraySpec("transform", ("affine",), "float64", np.nan, "GDAL geotransform a,b,c,d,e,f (rasterio order)")
+TRANSFORM = ArraySpec("transform", ("affine",), "float64", np.nan,
+                      "GDAL geotransform (c, a, b, f, d, e): x origin, pixel width, 0, y origin, 0, -pixel height; "
+                      "affine.Affine.from_gdal(*t)")
 
 SENTINEL_GROUP = "sentinel"  # sentinel/<area>/{data,masks,dates}
 VIEWS_GROUP = "views"  # views/<name>/...
 DONE_GROUP = "done"  # per-shard completion markers, written after the data
+
+# --- the sample contract (loader -> model -> tests) --------------------------------------------------------------
+# key: (dtype, shape description). Batches add a leading batch dim; "sentinel", "dates" and "pad_mask" are padded
+# along T to the batch maximum (T = 12 for a monthly view).
+SAMPLE_KEYS: dict[str, tuple[str, str]] = {
+    "aerial": ("uint8", "(5, P, P) R, G, B, NIR, elevation"),
+    "label": ("int64", "(P, P) training classes 0..12 (raw > 13 -> 12 'other'); 255 when unlabelled"),
+    "sentinel": ("float32", "(T, 10, W, W) reflectance DN of the window, 0 on padded steps"),
+    "dates": ("int64", "(T,) day offsets for the U-TAE positional encoding"),
+    "pad_mask": ("bool", "(T,) True on padded or empty steps"),
+    "mtd": ("float32", "(MTD_DIM,) encoded aerial metadata"),
+    "patch_id": ("int64", "() numeric id of IMG_<id>"),
+    "row": ("int64", "() row of the patch in the lake"),
+}
+IGNORE_LABEL = 255
+YEARS = (2018, 2019, 2020, 2021)  # year one-hot of the metadata vector (others: all zeros)
+MTD_DIM = 32 + 1 + len(YEARS) + 2 + 4  # Fourier x/y, altitude, year, camera family, day and hour of acquisition
+ALTITUDE_SCALE_M = 3164.91  # largest altitude in FLAIR #2 (FLAIR2_BASELINE.md §1.6)

@@ -125,9 +125,9 @@ def discover(root: str | Path, *, metadata_path: str | Path | None = None,
             f"no FLAIR tree under {root}: expected flair_aerial_train/ or flair_2_aerial_test/ there or one "
             "level down; check the path (create a synthetic one with `flair-lake synth`)")
     if not any(next(a.glob("D*/Z*/img/IMG_*.tif"), None) for a, _, _ in parts):
+        where = "/, ".join(a.name for a, _, _ in parts)
         raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in "
-                                   f"{'/, '.join(a.name for a, _, _ in parts)}/<domain>/<zone>/img/; check the path "
-                                   "or the download")
+                                   f"{where}/<domain>/<zone>/img/; check the path or the download")
 
     def side(path, name, what):
         if path is not None:
