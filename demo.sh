@@ -7,4 +7,11 @@ mkdir -p "$DIR"
 cd "$DIR"
 echo "== synth: a synthetic FLAIR #2 tree in raw/"
 flair-lake synth raw/ --preset tiny --overwrite
+rm -rf lake.zarr
+echo "== ingest: raw/ -> lake.zarr"
+flair-lake ingest raw/ lake.zarr
+echo "== filter: cloudy/snowy dates out, monthly composites in"
+flair-lake filter --cloud 0.6 --monthly
+echo "== info"
+flair-lake info lake.zarr
 echo "== demo done in $DIR"

@@ -88,7 +88,7 @@ class IngestConfig:
     """Parameters of ``flair-lake ingest``."""
 
     codec: str = "zstd"
-    zstd_level: int = 3
+    zstd_level: int = 1  # measured: 3x the encode speed of level 3 for a 1% larger aerial lake
     patches_per_shard: int = schema.PATCHES_PER_SHARD
     sat_window: int = schema.S2_WINDOW
     workers: int | None = None  # None: sized to the machine

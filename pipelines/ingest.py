@@ -9,6 +9,7 @@ kill skips every shard and area whose marker exists and writes the rest: the res
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 STATS_STEP = 4  # band statistics are sampled every 4th row and column
+_EPOCH, _EPOCH_DT = dt.date(1970, 1, 1), dt.datetime(1970, 1, 1)
 
 
 @dataclass
@@ -97,16 +99,17 @@ def write_patch_shard(task: ShardTask) -> dict:
         _read_items(task.items, p, aerial, label, transform, epsg, status, bad)
     ok = status == lk.STATUS_OK
     # normalisation statistics from a 1-in-16 pixel grid: as good for mean and std, 16x cheaper
-    grid = aerial[ok][:, :, ::STATS_STEP, ::STATS_STEP].astype(np.float32)
+    grid = aerial[:, :, ::STATS_STEP, ::STATS_STEP][ok].astype(np.float32)
     sums = grid.sum(axis=(0, 2, 3), dtype=np.float64)
     sq = np.square(grid).sum(axis=(0, 2, 3), dtype=np.float64)
     root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
     rows = slice(task.row0, task.row0 + n)
-    root["aerial"][rows] = aerial
-    root["label"][rows] = label
-    root["transform"][rows] = transform
-    root["crs_epsg"][rows] = epsg
-    root[lk.STATUS_ARRAY][rows] = status
+    with lk.fast_writes():
+        root["aerial"][rows] = aerial
+        root["label"][rows] = label
+        root["transform"][rows] = transform
+        root["crs_epsg"][rows] = epsg
+        root[lk.STATUS_ARRAY][rows] = status
     report = {"rows": [task.row0, task.row0 + n], "bad": bad, "aerial_sum": sums.tolist(),
               "aerial_sumsq": sq.tolist(), "pixels": int(grid.shape[0] * grid.shape[2] * grid.shape[3])}
     root.create_group(lk.shard_marker(task.shard), attributes=report, overwrite=True)
@@ -146,16 +149,17 @@ def write_area(task: AreaTask) -> dict:
     root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
     g = root.require_group(f"{schema.SENTINEL_GROUP}/{task.area.name}")
     tc = min(t, 8)
-    g.create_array("data", shape=data.shape, chunks=(tc, 10, h, w), dtype="uint16", fill_value=0,
-                   compressors=lk.compressors(task.codec, task.level, typesize=2), overwrite=True,
-                   dimension_names=("date", "s2_band", "row", "col"))[...] = data
-    g.create_array("masks", shape=masks.shape, chunks=(tc, 2, h, w), dtype="uint8", fill_value=0,
-                   compressors=lk.compressors(task.codec, task.level), overwrite=True,
-                   dimension_names=("date", "mask_band", "row", "col"))[...] = masks
     days = np.array([(d - _EPOCH).days for d in dates], np.int32)
-    g.create_array("dates", shape=(t,), chunks=(max(t, 1),), dtype="int32", fill_value=0, overwrite=True,
-                   dimension_names=("date",), compressors=(),
-                   attributes={"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"})[...] = days
+    specs = (("data", data, ("date", "s2_band", "row", "col"), lk.compressors(task.codec, task.level, typesize=2),
+              (tc, 10, h, w), {}),
+             ("masks", masks, ("date", "mask_band", "row", "col"), lk.compressors(task.codec, task.level),
+              (tc, 2, h, w), {}),
+             ("dates", days, ("date",), (), (max(t, 1),),
+              {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"}))
+    with lk.fast_writes():
+        for name, values, dims, comps, chunks, attrs in specs:
+            g.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0,
+                           compressors=comps, overwrite=True, dimension_names=dims, attributes=attrs)[...] = values
     # Sentinel normalisation statistics over clear pixels of a 1-in-4 pixel grid
     sub = data[:, :, ::2, ::2].astype(np.float32)
     clear = (masks[:, :, ::2, ::2].max(axis=1) < 60)[:, None]
@@ -168,7 +172,6 @@ def write_area(task: AreaTask) -> dict:
     return {"area": task.area.name, "dates": t}
 
 
-_EPOCH = __import__("datetime").date(1970, 1, 1)
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
@@ -220,7 +223,6 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
         root[name][sl] = values
 
 
-_EPOCH_DT = __import__("datetime").datetime(1970, 1, 1)
 
 
 def _present_ids(root, still_bad: set[int]) -> set[int]:
