@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", default=str(Path(tempfile.gettempdir()) / "flair-lake-bench-raw"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--codec", default="zstd", help="ingest codec of the lake the filter reads")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs (fresh view each); the best is kept")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
@@ -65,7 +66,7 @@ def main() -> None:
             LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                          env=dict(WORKER_ENV)) as cluster, Client(cluster):
         lake = str(Path(tmp) / "lake.zarr")
-        ingest(raw, lake, IngestConfig(scheduler=cluster.scheduler_address), progress=False)
+        ingest(raw, lake, IngestConfig(scheduler=cluster.scheduler_address, codec=args.codec), progress=False)
         best = 0.0
         for i in range(args.repeat):
             t0 = time.perf_counter()

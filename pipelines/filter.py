@@ -122,13 +122,14 @@ def filter_shard(task: FilterTask) -> dict:
             monthly[sub], counts[sub] = comp, cnt
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
     vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
-    vg["cover"][a:b] = cover
-    vg["keep"][a:b] = keep
-    vg["n_dates"][a:b] = n_dates
-    if monthly is not None:
-        vg["monthly"][a:b] = monthly
-        vg["month_count"][a:b] = counts
-        vg["month_days"][a:b] = days
+    with lk.fast_writes():
+        vg["cover"][a:b] = cover
+        vg["keep"][a:b] = keep
+        vg["n_dates"][a:b] = n_dates
+        if monthly is not None:
+            vg["monthly"][a:b] = monthly
+            vg["month_count"][a:b] = counts
+            vg["month_days"][a:b] = days
     report = {"rows": [a, b], "patches": int(ok.sum())}
     root.create_group(lk.shard_marker(task.shard, f"{schema.VIEWS_GROUP}/{task.view}/done"), attributes=report,
                       overwrite=True)

@@ -1,9 +1,11 @@
-"""Monthly composites of Sentinel-2 windows, computed once per super-area and distinct keep-set.
+"""Monthly composites of Sentinel-2 windows, computed once per super-area.
 
-Patches of one super-area overlap heavily and usually keep the same dates, so the composite of each distinct
-keep-set is computed once over the bounding box of its windows (one matmul of integer sums), then cut into
-40x40 windows. Sums of uint16 values over at most a few hundred dates are exact in float32 and are divided in
-float64, so a mean is the exact mean rounded to the nearest DN (half to even), like ``np.rint(np.mean(...))``.
+Patches of one super-area overlap heavily and keep most dates, so a monthly mean is computed as the area's
+sum over every date of the month, cut at the window, minus the few dates that patch dropped: one pass over the
+area plus work proportional to the dropped dates. Sums are exact integers (int32 holds 32,768 dates of uint16)
+divided in float32, which rounds exactly like ``np.rint(np.mean(...))`` (half to even): a sum below 2**24 is
+exact and a non-tie quotient is never within float32 error of a half. Medians are
+computed once per distinct keep-set over the bounding box of its windows.
 """
 
 from __future__ import annotations
@@ -24,12 +26,6 @@ def month_day_offsets(year: int) -> np.ndarray:
     """
     ref = dt.date(year, 5, 15)
     return np.array([(ref - dt.date(year, m, 15)).days for m in range(1, 13)], np.int16)
-
-
-def _month_onehot(months: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Return (G, 12, T) float32 weights: 1 where date t is kept and falls in month m."""
-    onehot = months[None, :] == np.arange(MONTHS)[:, None]  # (12, T)
-    return (onehot[None] & keep[:, None, :]).astype(np.float32)
 
 
 def _bbox(origins: np.ndarray, window: int) -> tuple[int, int, int, int]:
@@ -65,6 +61,10 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
     counts = (onehot[None] & keep[:, None, :]).sum(-1).astype(np.uint8)
     if p == 0 or t == 0:
         return out, counts
+    if reducer == "mean":
+        return _mean_by_subtraction(data, months, keep, origins, window, clear), counts
+    if reducer != "median":
+        raise ValueError(f"reducer must be 'mean' or 'median', got {reducer!r}")
     sets, group = np.unique(keep, axis=0, return_inverse=True)
     group = group.reshape(-1)
     for g, kset in enumerate(sets):
@@ -72,35 +72,70 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
             continue
         members = np.flatnonzero(group == g)
         r0, r1, c0, c1 = _bbox(origins[members], window)
-        box = data[:, :, r0:r1, c0:c1]
-        if reducer == "mean":
-            comp = _mean_box(box, _month_onehot(months, kset[None])[0], None if clear is None
-                             else clear[:, r0:r1, c0:c1])
-        elif reducer == "median":
-            comp = _median_box(box, months, kset, None if clear is None else clear[:, r0:r1, c0:c1])
-        else:
-            raise ValueError(f"reducer must be 'mean' or 'median', got {reducer!r}")
+        comp = _median_box(data[:, :, r0:r1, c0:c1], months, kset, None if clear is None else clear[:, r0:r1, c0:c1])
         for i in members:
             rr, cc = origins[i, 0] - r0, origins[i, 1] - c0
             out[i] = comp[:, :, rr:rr + window, cc:cc + window]
     return out, counts
 
 
-def _mean_box(box: np.ndarray, weights: np.ndarray, clear: np.ndarray | None) -> np.ndarray:
-    """Return (12, C, h, w) uint16 means of ``box`` (T, C, h, w) under 0/1 ``weights`` (12, T)."""
-    t, c, h, w = box.shape
-    flat = box.reshape(t, -1).astype(np.float32)
-    n = weights.sum(1)  # (12,)
-    sums = (weights @ flat).reshape(MONTHS, c, h, w).astype(np.float64)
+def _window_sums(area_sums: np.ndarray, origins: np.ndarray, window: int) -> np.ndarray:
+    """Cut (12, C, H, W) sums at each window: (P, 12, C, window, window)."""
+    view = np.lib.stride_tricks.sliding_window_view(area_sums, (window, window), axis=(2, 3))
+    return np.ascontiguousarray(view[:, :, origins[:, 0], origins[:, 1]].transpose(2, 0, 1, 3, 4))
+
+
+def _month_sums(values: np.ndarray, months: np.ndarray) -> np.ndarray:
+    """Return (12, ...) int32 sums of ``values`` (T, ...) per month (dates with month -1 ignored)."""
+    out = np.zeros((MONTHS, *values.shape[1:]), np.int32)
+    for m in np.unique(months[months >= 0]):
+        out[m] = values[months == m].sum(axis=0, dtype=np.int32)
+    return out
+
+
+def _dropped_sums(values: np.ndarray, months: np.ndarray, keep: np.ndarray, origins: np.ndarray,
+                  window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (patch idx, month idx, sums (G, ...)) of the windows of dates each patch dropped, per month."""
+    p_idx, t_idx = np.nonzero(~keep & (months >= 0)[None, :])
+    if p_idx.size == 0:
+        return p_idx, p_idx, np.zeros((0, *values.shape[1:-2], window, window), np.int32)
+    view = np.lib.stride_tricks.sliding_window_view(values, (window, window), axis=(-2, -1))
+    win = view[t_idx, ..., origins[p_idx, 0], origins[p_idx, 1], :, :]  # (K, ..., window, window)
+    key = p_idx * MONTHS + months[t_idx]  # already sorted: nonzero is row-major and months are chronological
+    order = np.argsort(key, kind="stable")
+    key, win = key[order], win[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sums = np.add.reduceat(win, starts, axis=0, dtype=np.int32)
+    return key[starts] // MONTHS, key[starts] % MONTHS, sums
+
+
+def _mean_by_subtraction(data: np.ndarray, months: np.ndarray, keep: np.ndarray, origins: np.ndarray,
+                         window: int, clear: np.ndarray | None) -> np.ndarray:
+    """Return (P, 12, C, window, window) uint16 monthly means of kept dates (of clear pixels with ``clear``)."""
+    months = np.where(keep.any(axis=0), months, -1)  # dates no patch keeps never enter the area sums
+    if clear is None:
+        num = _window_sums(_month_sums(data, months), origins, window)
+        gp, gm, drop = _dropped_sums(data, months, keep, origins, window)
+        num[gp, gm] -= drop
+        den = (keep[:, None, :] & (months[None, None, :] == np.arange(MONTHS)[None, :, None])).sum(-1)
+        den = den[:, :, None, None, None].astype(np.float32)
+    else:
+        masked = data * clear[:, None]  # uint16 * bool: data of clear pixels, 0 elsewhere
+        num = _window_sums(_month_sums(masked, months), origins, window)
+        gp, gm, drop = _dropped_sums(masked, months, keep, origins, window)
+        num[gp, gm] -= drop
+        den = _window_sums(_month_sums(clear[:, None], months), origins, window)
+        _, _, drop_n = _dropped_sums(clear[:, None], months, keep, origins, window)
+        den[gp, gm] -= drop_n
+        # a pixel never clear in a month falls back to the plain mean of the month's kept dates
+        plain = _mean_by_subtraction(data, months, keep, origins, window, None)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.rint(num / den.astype(np.float32))
+        return np.where(den > 0, mean, plain).astype(np.uint16)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / n[:, None, None, None]
-        if clear is not None:
-            cl = clear.reshape(t, 1, h, w).astype(np.float32)
-            csum = (weights @ (flat.reshape(t, c, h, w) * cl).reshape(t, -1)).reshape(MONTHS, c, h, w)
-            cnt = (weights @ cl.reshape(t, -1)).reshape(MONTHS, 1, h, w).astype(np.float64)
-            mean = np.where(cnt > 0, csum.astype(np.float64) / cnt, mean)
-    mean = np.where(n[:, None, None, None] > 0, mean, 0.0)
-    return np.rint(mean).astype(np.uint16)
+        mean = np.rint(num / den)
+    mean[np.broadcast_to(den == 0, mean.shape)] = 0
+    return mean.astype(np.uint16)
 
 
 def _median_box(box: np.ndarray, months: np.ndarray, kset: np.ndarray, clear: np.ndarray | None) -> np.ndarray:
