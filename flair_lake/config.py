@@ -148,3 +148,47 @@ class Defaults:
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Parameters of ``train/fit.py``; defaults follow the paper (§4, FLAIR2_BASELINE.md §4.1)."""
+
+    lake: str = DEFAULT_LAKE
+    view: str | None = None  # default: the lake's latest view
+    model: str = "utt"
+    epochs: int = 100
+    patience: int = 30  # early stopping on the validation loss
+    batch_size: int = 10
+    lr: float = 0.001
+    optimizer: str = "sgd"  # the baseline: SGD without momentum, constant learning rate
+    weight_decay: float = 0.0
+    amp: str = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
+    workers: int | None = None
+    out: str = "runs/utt"
+    resume: bool = False
+    seed: int = 2022
+    augment: bool = True
+    metadata: bool = False  # feed the encoded aerial metadata (paper's +MTD)
+    encoder_weights: str | None = None  # local state dict for the ResNet34 encoder; None: random init
+    baseline_quirks: bool = False  # collapsed fusion from batch element 0, as the released code
+    train_split: str = "train"
+    val_split: str = "val"
+    max_batches: int | None = None  # cap batches per epoch (quick runs, demos)
+    device: str | None = None  # default: cuda when available
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.amp not in AMP_MODES:
+            raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")

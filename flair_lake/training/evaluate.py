@@ -1,0 +1,144 @@
+"""Evaluate a checkpoint with the official metric, and write georeferenced predictions.
+
+Predictions are ``PRED_<id>.tif``: one band of classes 0..12 (uint8, LZW), with the patch's own transform and
+CRS from the lake -- the released baseline's are not georeferenced. ``probabilities`` adds
+``PROB_<id>.tif``: 13 bands of softmax probabilities scaled to 0..255.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import TrainConfig
+from flair_lake.errors import FlairLakeError
+from flair_lake.loader import BatchTransform, make_loader
+from flair_lake.training.loop import _autocast, forward, iou_table
+from flair_lake.training.metrics import ConfusionMatrix, miou
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | Path, device: torch.device):
+    """Return (model in eval mode, checkpoint dict) of a checkpoint written by ``fit``."""
+    from flair_lake.models import create_model
+
+    path = Path(path)
+    if not path.exists():
+        raise FlairLakeError(f"no checkpoint at {path}; train one with `python train/fit.py --lake LAKE`")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = create_model(ck["model_name"], **ck.get("model_kwargs", {}))
+    model.load_state_dict(ck["state_dict"])
+    return model.to(device).eval(), ck
+
+
+@torch.no_grad()
+def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | None = None,
+             out_dir: str | Path | None = None, predict_dir: str | Path | None = None,
+             probabilities: bool = False, batch_size: int = 10, workers: int | None = None,
+             device: str | None = None, max_batches: int | None = None) -> dict:
+    """Evaluate ``ckpt`` on a split of ``lake``; write metrics (and predictions) and return the metrics."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, ck = load_checkpoint(ckpt, dev)
+    loader = make_loader(lake, view=view or ck.get("view"), split=split, batch_size=batch_size,
+                         num_workers=workers, shuffle=False)
+    if len(loader.dataset) == 0:
+        raise FlairLakeError(f"split {split!r} has no patches in {lake}")
+    tf = BatchTransform(ck.get("band_stats") or lk.open_lake(lake).attrs.get("band_stats", {}),
+                        channels_last=dev.type == "cuda")
+    amp = (ck.get("config") or {}).get("amp", TrainConfig.amp)
+    cm = ConfusionMatrix(device=dev)
+    root = lk.open_lake(lake)
+    transforms, epsg = root["transform"][:], root["crs_epsg"][:]
+    if predict_dir:
+        Path(predict_dir).mkdir(parents=True, exist_ok=True)
+    labelled = bool(loader.dataset.has_label.any())
+    for i, raw in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = tf(raw, dev)
+        with _autocast(dev, amp):
+            logits = forward(model, batch)["aerial"].float()
+        pred = logits.argmax(1)
+        if labelled:
+            cm.update(pred, batch["label"])
+        if predict_dir:
+            prob = torch.softmax(logits, 1) if probabilities else None
+            for k in range(pred.shape[0]):
+                row = int(raw["row"][k])
+                _write_prediction(Path(predict_dir), int(raw["patch_id"][k]), pred[k].to(torch.uint8).cpu().numpy(),
+                                  transforms[row], int(epsg[row]),
+                                  None if prob is None else (prob[k] * 255).round().to(torch.uint8).cpu().numpy())
+    matrix = cm.numpy()
+    result = {"checkpoint": str(ckpt), "split": split, "view": loader.dataset.view,
+              "patches": len(loader.dataset), "labelled": labelled,
+              "miou": miou(matrix) if labelled else None, "per_class_iou": iou_table(matrix) if labelled else None,
+              "confusion_matrix": matrix.tolist()}
+    if out_dir:
+        write_reports(result, Path(out_dir))
+    return result
+
+
+def _write_prediction(folder: Path, pid: int, pred: np.ndarray, gdal_transform, epsg: int,
+                      prob: np.ndarray | None) -> None:
+    """Write PRED_<id>.tif (and PROB_<id>.tif) georeferenced like the input patch."""
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    profile = {"driver": "GTiff", "height": pred.shape[0], "width": pred.shape[1], "dtype": "uint8",
+               "compress": "lzw", "transform": Affine.from_gdal(*gdal_transform),
+               "crs": CRS.from_epsg(epsg) if epsg else None}
+    with rasterio.open(folder / f"PRED_{pid:06d}.tif", "w", count=1, **profile) as dst:
+        dst.write(pred, 1)
+    if prob is not None:
+        with rasterio.open(folder / f"PROB_{pid:06d}.tif", "w", count=prob.shape[0], **profile) as dst:
+            dst.write(prob)
+
+
+def write_reports(result: dict, out: Path) -> None:
+    """Write metrics JSON, per-class IoU CSV, the confusion matrix CSV and its row-normalised plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    tag = result["split"]
+    (out / f"metrics_{tag}.json").write_text(json.dumps(result, indent=1))
+    if not result["labelled"]:
+        return
+    with open(out / f"iou_{tag}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["class", "name", "iou"])
+        w.writeheader()
+        w.writerows(result["per_class_iou"])
+    matrix = np.array(result["confusion_matrix"])
+    np.savetxt(out / f"confusion_{tag}.csv", matrix, fmt="%d", delimiter=",",
+               header=",".join(schema.CLASS_NAMES))
+    plot_confusion(matrix, out / f"confusion_{tag}.png", title=f"{tag}: mIoU {result['miou']:.4f}")
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str = "") -> None:
+    """Save the row-normalised confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = matrix / matrix.sum(1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(schema.CLASS_NAMES)), schema.CLASS_NAMES, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(schema.CLASS_NAMES)), schema.CLASS_NAMES, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for (r, c), v in np.ndenumerate(np.nan_to_num(norm)):
+        if v >= 0.01:
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5, color="white" if v > 0.5 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,280 @@
+"""Fit U-T&T (or any registered model) on a lake view: epochs, validation, checkpoints, early stopping, resume.
+
+CUDA when present (bf16 autocast, channels_last), CPU otherwise; DDP when launched with ``torchrun`` (each rank
+reads a disjoint part of every epoch; rank 0 alone writes logs and checkpoints). ``--resume`` restores model,
+optimizer, epoch, early-stopping state and random generators from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import TrainConfig
+from flair_lake.errors import FlairLakeError, LakeStateError
+from flair_lake.loader import BatchTransform, make_loader
+from flair_lake.training.losses import UTTLoss
+from flair_lake.training.metrics import ConfusionMatrix, iou_per_class, miou
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "lr", "seconds", "train_samples_per_s")
+
+
+class CheckpointError(FlairLakeError, ValueError):
+    """A checkpoint cannot be used for this run."""
+
+
+@dataclasses.dataclass
+class Dist:
+    """The process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def forward(model, batch: dict) -> dict:
+    """Run a model on a transformed batch (keyword contract of :mod:`flair_lake.models`)."""
+    return model(aerial=batch["aerial"], sentinel=batch["sentinel"], dates=batch["dates"],
+                 pad_mask=batch["pad_mask"], mtd=batch["mtd"])
+
+
+def _autocast(device: torch.device, amp: str):
+    """Return the autocast context: bf16 on CUDA when asked, else a no-op."""
+    enabled = device.type == "cuda" and amp == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def build_model(cfg: TrainConfig):
+    """Create the configured model; report its size and initialisation."""
+    from flair_lake.models import count_parameters, create_model
+
+    model = create_model(cfg.model, use_metadata=cfg.metadata, encoder_weights=cfg.encoder_weights,
+                         baseline_quirks=cfg.baseline_quirks)
+    return model, count_parameters(model)
+
+
+def run_epoch(model, loader, transform: BatchTransform, loss_fn, device, cfg: TrainConfig, *,
+              optimizer=None, max_batches: int | None = None, progress: bool = False, desc: str = ""):
+    """Train (with ``optimizer``) or evaluate one pass; return (mean loss, samples, confusion matrix)."""
+    from tqdm import tqdm
+
+    training = optimizer is not None
+    model.train(training)
+    total, n_batches, samples = 0.0, 0, 0
+    cm = ConfusionMatrix(device=device)
+    n = len(loader) if max_batches is None else min(len(loader), max_batches)
+    bar = tqdm(total=n, desc=desc, unit="batch", disable=not progress, leave=False)
+    with torch.set_grad_enabled(training):
+        for i, raw in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = transform(raw, device)
+            with _autocast(device, cfg.amp):
+                out = forward(model, batch)
+                loss = loss_fn(out, batch["label"])
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            else:
+                cm.update(out["aerial"].argmax(1), batch["label"])
+            total += float(loss.detach())
+            n_batches += 1
+            samples += batch["label"].shape[0]
+            bar.update()
+    bar.close()
+    return total / max(n_batches, 1), samples, cm
+
+
+def _all_reduce(values: list[float], cm: ConfusionMatrix, dist: Dist) -> tuple[list[float], ConfusionMatrix]:
+    """Average scalars and sum confusion matrices over ranks."""
+    if dist.world == 1:
+        return values, cm
+    t = torch.tensor(values, dtype=torch.float64, device=cm.matrix.device)
+    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(cm.matrix)
+    return (t / dist.world).tolist(), cm
+
+
+def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.lake`` and return a summary (best epoch, val loss, val mIoU, paths).
+
+    Raises:
+        LakeNotFoundError, LakeStateError: missing lake, view or empty split.
+        CheckpointError: ``--resume`` with a checkpoint of another model.
+    """
+    device_name = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist = setup_distributed(device_name)
+    device = torch.device(f"cuda:{dist.local_rank}" if device_name == "cuda" else device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(cfg.seed)
+    progress = dist.main and (progress if progress is not None else os.isatty(2))
+
+    root = lk.open_lake(cfg.lake)
+    train_loader = make_loader(cfg.lake, view=cfg.view, split=cfg.train_split, batch_size=cfg.batch_size,
+                               num_workers=cfg.workers, shuffle=True, distributed=dist.world > 1, seed=cfg.seed,
+                               drop_last=False)
+    ds = train_loader.dataset
+    if len(ds) == 0:
+        raise LakeStateError(f"split {cfg.train_split!r} has no patches in {cfg.lake}; ingest its domains "
+                             "or choose --train-split")
+    val_loader = make_loader(cfg.lake, view=ds.view, split=cfg.val_split, batch_size=cfg.batch_size,
+                             num_workers=cfg.workers, shuffle=False, distributed=dist.world > 1, seed=cfg.seed)
+    if len(val_loader.dataset) == 0:
+        raise LakeStateError(f"split {cfg.val_split!r} has no patches in {cfg.lake}; ingest its domains "
+                             "or choose --val-split")
+    band_stats = root.attrs.get("band_stats", {})
+    channels_last = device.type == "cuda"
+    train_tf = BatchTransform(band_stats, augment=cfg.augment, channels_last=channels_last)
+    val_tf = BatchTransform(band_stats, augment=False, channels_last=channels_last)
+
+    model, n_params = build_model(cfg)
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    core = model.module if dist.world > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" \
+        else torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay or 0.01)
+    loss_fn = UTTLoss().to(device)
+
+    out = Path(cfg.out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "best_val_miou": None}
+    if cfg.resume and (out / "last.pt").exists():
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        if ck["model_name"] != cfg.model:
+            raise CheckpointError(f"{out / 'last.pt'} is a {ck['model_name']!r} checkpoint, not {cfg.model!r}; "
+                                  "use the same --model or another --out")
+        core.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        state.update(ck["state"])
+        torch.set_rng_state(ck["torch_rng"])
+        np.random.set_state(ck["numpy_rng"])
+        random.setstate(ck["python_rng"])
+        log.info("resumed %s at epoch %d", out / "last.pt", state["epoch"])
+    elif dist.main and (out / "log.csv").exists() and not cfg.resume:
+        (out / "log.csv").unlink()
+
+    if dist.main:
+        where = "random initialisation (ImageNet weights cannot be downloaded)" if not cfg.encoder_weights \
+            else f"weights from {cfg.encoder_weights}"
+        _say(f"model {cfg.model}: {n_params / 1e6:.2f} M parameters; encoder {where}; device {device}"
+             f"{' bf16 autocast, channels_last' if device.type == 'cuda' and cfg.amp == 'bf16' else ' fp32'}; "
+             f"view {ds.view}; train {len(ds)} / val {len(val_loader.dataset)} patches; {dist.world} process(es)")
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        train_loader.batch_sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        tr_loss, tr_n, _ = run_epoch(model, train_loader, train_tf, loss_fn, device, cfg, optimizer=opt,
+                                     max_batches=cfg.max_batches, progress=progress, desc=f"epoch {epoch} train")
+        va_loss, _, cm = run_epoch(model, val_loader, val_tf, loss_fn, device, cfg, max_batches=cfg.max_batches,
+                                   progress=progress, desc=f"epoch {epoch} val")
+        (tr_loss, va_loss), cm = _all_reduce([tr_loss, va_loss], cm, dist)
+        seconds = time.perf_counter() - t0
+        va_miou = miou(cm.numpy())
+        state["epoch"] = epoch + 1
+        improved = va_loss < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=va_loss, best_epoch=epoch, bad_epochs=0, best_val_miou=va_miou)
+        else:
+            state["bad_epochs"] += 1
+        if dist.main:
+            row = {"epoch": epoch, "train_loss": round(tr_loss, 5), "val_loss": round(va_loss, 5),
+                   "val_miou": round(va_miou, 5), "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                   "train_samples_per_s": round(tr_n * dist.world / seconds, 2)}
+            _append_csv(out / "log.csv", row)
+            _say(f"epoch {epoch}: train loss {tr_loss:.4f}, val loss {va_loss:.4f}, val mIoU {va_miou:.4f}"
+                 f"{' (best)' if improved else ''}, {seconds:.1f} s")
+            ck = {"model_name": cfg.model, "model_kwargs": {"use_metadata": cfg.metadata,
+                                                            "baseline_quirks": cfg.baseline_quirks},
+                  "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
+                  "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
+                  "patch_size": ds.patch_size, "torch_rng": torch.get_rng_state(),
+                  "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+            _atomic_save(ck, out / "last.pt")
+            if improved:
+                _atomic_save(ck, out / "best.pt")
+        if state["bad_epochs"] >= cfg.patience:
+            if dist.main:
+                _say(f"early stop: no val-loss improvement for {cfg.patience} epochs")
+            break
+    summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
+               "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _say(msg: str) -> None:
+    """Print a progress line (the trainer's console output) and log it."""
+    print(msg, flush=True)
+    log.info(msg)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    """Append one row to the training log, writing the header first."""
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """Write a checkpoint through a temporary file, so a kill never leaves half a checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def iou_table(matrix: np.ndarray) -> list[dict]:
+    """Return per-class IoU rows for reports."""
+    ious = iou_per_class(matrix)
+    return [{"class": i, "name": schema.CLASS_NAMES[i], "iou": None if np.isnan(v) else round(float(v), 5)}
+            for i, v in enumerate(ious)]

@@ -1,0 +1,47 @@
+"""Evaluate a checkpoint with the official FLAIR #2 metric:
+``python train/evaluate.py --ckpt runs/utt/best.pt --lake lake.zarr --split test [--predict DIR]``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flair_lake import config  # noqa: E402
+from flair_lake.cli import _handle_errors  # noqa: E402
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False))
+@click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
+@click.option("--split", default="test", show_default=True, help="train, val, test, all or a domain list.")
+@click.option("--view", default=None, help="Filter view (default: the checkpoint's).")
+@click.option("--out", default=None, help="Folder for metrics JSON/CSV and the confusion matrix plot.")
+@click.option("--predict", "predict_dir", default=None, help="Also write georeferenced PRED_<id>.tif here.")
+@click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
+@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default=None)
+@_handle_errors
+def main(ckpt, lake, split, view, out, predict_dir, probabilities, batch_size, workers, device):
+    """Evaluate CKPT on a split of LAKE."""
+    from flair_lake.training.evaluate import evaluate
+
+    split_arg = split.split(",") if "," in split else split
+    res = evaluate(ckpt, lake, split=split_arg, view=view, out_dir=out or Path(ckpt).parent,
+                   predict_dir=predict_dir, probabilities=probabilities, batch_size=batch_size, workers=workers,
+                   device=device)
+    if res["labelled"]:
+        click.echo(f"{split}: official mIoU {res['miou']:.4f} over {res['patches']} patches")
+        for row in res["per_class_iou"]:
+            iou = "  n/a " if row["iou"] is None else f"{row['iou']:.4f}"
+            click.echo(f"  {row['class']:2d} {row['name']:<24} {iou}")
+    if predict_dir:
+        click.echo(f"predictions written to {predict_dir}")
+
+
+if __name__ == "__main__":
+    main()
