@@ -84,6 +84,7 @@ def describe(lake: str, *, storage_options: dict | None = None) -> dict:
         "compression_ratio": round(raw_bytes / stored_total, 3) if stored_total and raw_bytes else None,
         "runs": runs, "quarantine": attrs.get("quarantine", {}), "views": views,
         "band_stats": attrs.get("band_stats", {}),
+        "latest_view": vg.attrs.get("latest") if vg is not None else None,
     }
 
 
@@ -106,14 +107,21 @@ def format_report(r: dict) -> str:
                      f"shards {a['shards']} {a['codec']:<22} {_mb(a['stored_bytes'])} ({ratio:.2f}x)")
     lines += ["", "runs:"]
     for run in r["runs"]:
-        keys = ("status", "started", "finished", "ingested", "quarantined", "seconds", "raw", "view", "params")
-        lines.append(f"  {run['id']}: " + ", ".join(f"{k}={run[k]}" for k in keys if k in run))
+        what = ", ".join(f"{k} {run[k]}" for k in ("ingested", "quarantined", "patches") if k in run)
+        src = run.get("raw") or run.get("view", "")
+        lines.append(f"  {run['id']}: {run.get('status')}, {what}, {run.get('seconds', '?')} s  ({src})")
     if r["quarantine"]:
         lines += ["", "quarantined patches:"]
         lines += [f"  IMG_{int(k):06d}: {v}" for k, v in sorted(r["quarantine"].items(), key=lambda kv: int(kv[0]))]
     lines += ["", "views:" if r["views"] else "views: none (run `flair-lake filter`)"]
     for v in r["views"]:
-        lines.append(f"  {v['name']}: " + ", ".join(f"{k}={v[k]}" for k in sorted(v) if k not in ("name", "report")))
+        p = v.get("params", {})
+        desc = (f"cloud {p.get('max_cover')}, prob {p.get('min_prob')}, {p.get('combine')}"
+                + (f", monthly {p.get('reducer')}" if p.get("monthly") else "")
+                + (", masked pixels" if p.get("mask_pixels") else "")
+                + (", empty months skipped" if p.get("skip_empty_months") else ""))
+        latest = " (latest)" if v["name"] == r.get("latest_view") else ""
+        lines.append(f"  {v['name']}{latest}: {desc}; {'complete' if v.get('complete') else 'INCOMPLETE'}")
         for line in report_lines(v.get("report", {})):
             lines.append(f"    {line}")
     return "\n".join(lines)

@@ -33,7 +33,8 @@ def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str
                 batch_size: int = 10, num_workers: int | None = None, shuffle: bool | None = None,
                 distributed: bool = False, seed: int = 0, drop_last: bool = False, prefetch_factor: int = 4,
                 storage_options: dict | None = None, pin_memory: bool | None = None,
-                skip_empty_months: bool | None = None) -> torch.utils.data.DataLoader:
+                skip_empty_months: bool | None = None, use_zarrs: bool | None = None
+                ) -> torch.utils.data.DataLoader:
     """Return a DataLoader of batches (dicts, see ``schema.SAMPLE_KEYS``) from a lake view.
 
     Batches are read with one async gather per batch (``__getitems__``); workers are forkserver processes that
@@ -42,7 +43,7 @@ def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str
     reads a disjoint part of every epoch; call ``loader.batch_sampler.set_epoch(epoch)`` every epoch.
     """
     ds = LakeDataset(lake, view=view, split=split, storage_options=storage_options,
-                     skip_empty_months=skip_empty_months)
+                     skip_empty_months=skip_empty_months, use_zarrs=use_zarrs)
     rank, world = 0, 1
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

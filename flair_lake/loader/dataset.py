@@ -24,6 +24,13 @@ from flair_lake.stages.metadata import encode_metadata
 log = logging.getLogger(__name__)
 
 
+def zarrs_available() -> bool:
+    """Return True when the optional zarrs codec pipeline (``pip install flair-lake[fast]``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("zarrs") is not None
+
+
 def resolve_view(root, view: str | None) -> str | None:
     """Return the view to read: ``view`` when given (checked), else the latest complete view, else None."""
     views = root.get(schema.VIEWS_GROUP)
@@ -68,11 +75,15 @@ class LakeDataset(torch.utils.data.Dataset):
         storage_options: object-store options.
         skip_empty_months: drop empty months instead of masking them (the baseline's T' <= 12); default from
             the view's parameters.
+        use_zarrs: decode with the zarrs (Rust) codec pipeline; default: when installed (extra ``fast``),
+            falling back to zarr-python's pipeline otherwise.
     """
 
     def __init__(self, lake: str, *, view: str | None = None, split: str | Sequence[str] | None = "train",
-                 storage_options: dict | None = None, skip_empty_months: bool | None = None) -> None:
+                 storage_options: dict | None = None, skip_empty_months: bool | None = None,
+                 use_zarrs: bool | None = None) -> None:
         root = lk.open_lake(lake, storage_options=storage_options)
+        self.use_zarrs = zarrs_available() if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
         self.view = resolve_view(root, view)
         self.rows = select_rows(root, split)
@@ -105,6 +116,9 @@ class LakeDataset(torch.utils.data.Dataset):
     def _open(self):
         if self._arrays is None or self._pid != os.getpid():
             import zarr
+
+            if self.use_zarrs:  # the Rust codec pipeline: safe here, workers are forkserver/spawn processes
+                zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
 
             root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
             arrays = {"aerial": root["aerial"], "label": root["label"]}

@@ -39,11 +39,26 @@ def load_checkpoint(path: str | Path, device: torch.device):
     return model.to(device).eval(), ck
 
 
+def predict_logits(model, batch: dict, *, tta: bool = False) -> torch.Tensor:
+    """Return aerial logits (B, 13, P, P); with ``tta`` the mean softmax over 4 flips of aerial and Sentinel."""
+    if not tta:
+        return forward(model, batch)["aerial"].float()
+    probs = 0
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        flipped = dict(batch)
+        if dims:
+            flipped["aerial"] = torch.flip(batch["aerial"], dims)
+            flipped["sentinel"] = torch.flip(batch["sentinel"], dims)
+        out = forward(model, flipped)["aerial"].float().softmax(1)
+        probs = probs + (torch.flip(out, dims) if dims else out)
+    return torch.log(probs / 4)
+
+
 @torch.no_grad()
 def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | None = None,
              out_dir: str | Path | None = None, predict_dir: str | Path | None = None,
              probabilities: bool = False, batch_size: int = 10, workers: int | None = None,
-             device: str | None = None, max_batches: int | None = None) -> dict:
+             device: str | None = None, max_batches: int | None = None, tta: bool = False) -> dict:
     """Evaluate ``ckpt`` on a split of ``lake``; write metrics (and predictions) and return the metrics."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ck = load_checkpoint(ckpt, dev)
@@ -65,7 +80,7 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
             break
         batch = tf(raw, dev)
         with _autocast(dev, amp):
-            logits = forward(model, batch)["aerial"].float()
+            logits = predict_logits(model, batch, tta=tta)
         pred = logits.argmax(1)
         if labelled:
             cm.update(pred, batch["label"])
@@ -117,6 +132,8 @@ def write_reports(result: dict, out: Path) -> None:
     matrix = np.array(result["confusion_matrix"])
     np.savetxt(out / f"confusion_{tag}.csv", matrix, fmt="%d", delimiter=",",
                header=",".join(schema.CLASS_NAMES))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.save(out / f"confusion_{tag}_normalised.npy", np.nan_to_num(matrix / matrix.sum(1, keepdims=True)))
     plot_confusion(matrix, out / f"confusion_{tag}.png", title=f"{tag}: mIoU {result['miou']:.4f}")
 
 
