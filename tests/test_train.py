@@ -70,6 +70,39 @@ def test_fit_resume_and_evaluate(train_lake, tmp_path):
         assert src.read(1).max() <= 12
 
 
+def test_loss_goes_down_and_resume_reproduces_the_next_epoch(train_lake, tmp_path):
+    torch.set_num_threads(2)
+    base = dict(lake=train_lake, model="unet", batch_size=4, workers=0, lr=3e-3, optimizer="adamw",
+                max_batches=3, augment=True, seed=5)
+    straight = fit(TrainConfig(**base, epochs=3, out=str(tmp_path / "a")), progress=False)
+    log_a = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert float(log_a[-1]["train_loss"]) < float(log_a[0]["train_loss"])
+    fit(TrainConfig(**base, epochs=2, out=str(tmp_path / "b")), progress=False)
+    fit(TrainConfig(**base, epochs=3, out=str(tmp_path / "b"), resume=True), progress=False)
+    log_b = list(csv.DictReader(open(tmp_path / "b" / "log.csv")))
+    assert [r["train_loss"] for r in log_b] == [r["train_loss"] for r in log_a]
+    assert log_b[-1]["val_loss"] == log_a[-1]["val_loss"] and straight["epochs_run"] == 3
+
+
+def test_predict_script_with_tta(train_lake, tmp_path):
+    torch.set_num_threads(2)
+    fit(TrainConfig(lake=train_lake, model="utt", epochs=1, batch_size=4, workers=0, out=str(tmp_path / "r"),
+                    max_batches=1), progress=False)
+    from train.predict import main as predict_main
+
+    res = CliRunner().invoke(predict_main, ["--ckpt", str(tmp_path / "r" / "best.pt"), "--lake", train_lake,
+                                            "--split", "val", "--out", str(tmp_path / "p"), "--tta",
+                                            "--probabilities", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 8 predictions" in res.output
+    probs = sorted((tmp_path / "p").glob("PROB_*.tif"))
+    assert len(probs) == 8
+    with rasterio.open(probs[0]) as src:
+        assert src.count == 13 and src.crs.to_epsg() == 2154
+        total = src.read().astype(int).sum(0)
+        assert abs(total.mean() - 255) < 8  # probabilities sum to 1
+
+
 def test_fit_script_errors(tmp_path, train_lake):
     from train.fit import main as fit_main
 
