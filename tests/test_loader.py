@@ -135,3 +135,22 @@ def test_unknown_view_and_split(viewed_lake):
     with pytest.raises(Exception, match="unknown split or domain"):
         LakeDataset(viewed_lake, split="D999_2020")
     assert len(LakeDataset(viewed_lake, split=["D006_2020", "D004_2021"])) == 16
+
+
+def test_zarrs_pipeline_reads_the_same_samples(viewed_lake):
+    pytest.importorskip("zarrs")
+    import subprocess
+    import sys
+
+    # a fresh process: the codec pipeline is process-wide configuration
+    code = (
+        "import torch, sys\n"
+        "from flair_lake.loader import LakeDataset\n"
+        f"a = LakeDataset({viewed_lake!r}, split='all', use_zarrs=False).__getitems__([0, 5, 9])\n"
+        f"b = LakeDataset({viewed_lake!r}, split='all', use_zarrs=True).__getitems__([0, 5, 9])\n"
+        "import zarr\n"
+        "assert zarr.config.get('codec_pipeline.path') == 'zarrs.ZarrsCodecPipeline'\n"
+        "assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
