@@ -25,6 +25,18 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def check_scheduler(scheduler: str | None) -> None:
+    """Fail fast, before anything is written, when ``scheduler`` does not answer.
+
+    Raises:
+        SchedulerUnreachableError: no scheduler at that address within 5 seconds.
+    """
+    if not scheduler:
+        return
+    with dask_client(scheduler):
+        pass
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
     """Yield a ``distributed.Client``: of ``scheduler`` when given, else of a new LocalCluster.
@@ -40,7 +52,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
     if scheduler:
         try:
             client = Client(scheduler, timeout="5s")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise SchedulerUnreachableError(
                 f"cannot reach the Dask scheduler at {scheduler} ({exc.__class__.__name__}); start one with "
                 "`dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to use a local cluster") from None

@@ -193,8 +193,11 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         LakeNotFoundError: no lake at ``lake``.
         LakeStateError: no Sentinel data, or a view of that name with other parameters (without overwrite).
     """
+    from pipelines.cluster import check_scheduler
+
     t0 = time.perf_counter()
     root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+    check_scheduler(scheduler)
     t_max = _t_max(root)
     if t_max == 0:
         raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "

@@ -246,8 +246,11 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     Raises:
         FlairLakeError: wrong root, empty tree, unwritable target (nothing is written then).
     """
+    from pipelines.cluster import check_scheduler
+
     t0 = time.perf_counter()
     lk.check_writable(lake)
+    check_scheduler(cfg.scheduler)
     tree = discover(raw, metadata_path=metadata_path, centroids_path=centroids_path, sat_window=cfg.sat_window)
     exists = lk.is_url(lake) or (Path(lake) / "zarr.json").exists()
     if exists:
