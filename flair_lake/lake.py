@@ -24,7 +24,7 @@ import zarr
 import zarr.codecs
 
 from flair_lake import schema
-from flair_lake.errors import LakeNotFoundError, LakeStateError, TargetNotWritableError
+from flair_lake.errors import FlairLakeError, LakeNotFoundError, LakeStateError, TargetNotWritableError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,56 @@ def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
     return (zarr.codecs.ZstdCodec(level=level),)
 
 
+class StoreUnreachableError(FlairLakeError, ConnectionError):
+    """The object store of a lake URL cannot be used (endpoint, credentials, bucket)."""
+
+
+def explain_store_error(lake: str, exc: BaseException) -> FlairLakeError | None:
+    """Return a one-line error for an object-store failure of ``lake`` (None when it is not one)."""
+    name = type(exc).__name__
+    bucket = lake.split("://", 1)[1].split("/", 1)[0] if is_url(lake) else ""
+    text = str(exc)
+    if "NoCredentials" in name or "credentials" in text.lower() and "not" in text.lower():
+        return StoreUnreachableError(f"no credentials for {lake}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                                     "(or --storage-option key=... secret=...)")
+    if "bucket does not exist" in text or "NoSuchBucket" in name:
+        return StoreUnreachableError(f"bucket {bucket!r} of {lake} does not exist; create it first "
+                                     f"(e.g. `aws s3 mb s3://{bucket}`)")
+    if "EndpointConnection" in name or "ClientConnector" in name or isinstance(exc, (ConnectionError, TimeoutError)):
+        return StoreUnreachableError(f"cannot reach the object store of {lake} ({text.splitlines()[0][:160]}); "
+                                     "check AWS_ENDPOINT_URL or --storage-option endpoint_url=...")
+    if is_url(lake) and ("Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text):
+        return StoreUnreachableError(f"access to {lake} was refused ({text.splitlines()[0][:160]}); check the "
+                                     "credentials")
+    return None
+
+
+def _bucket_missing(lake: str, storage_options: dict | None) -> bool:
+    """Return True when the bucket of an object-store URL does not exist."""
+    import fsspec
+
+    protocol, rest = lake.split("://", 1)
+    try:
+        return not fsspec.filesystem(protocol, **(storage_options or {})).exists(rest.split("/", 1)[0])
+    except Exception:  # noqa: BLE001 - unreachable store: reported by the caller's own error
+        return False
+
+
+def _open_group(lake: str, **kw) -> zarr.Group:
+    """``zarr.open_group`` with object-store failures turned into one-line errors."""
+    try:
+        return zarr.open_group(store=lake, **kw)
+    except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsGroupError):
+        if is_url(lake) and _bucket_missing(lake, kw.get("storage_options")):
+            raise StoreUnreachableError(f"bucket of {lake} does not exist; create it first") from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors have no common base
+        err = explain_store_error(lake, exc) if is_url(lake) else None
+        if err is None:
+            raise
+        raise err from None
+
+
 def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
     """Open an existing lake's root group, checking it is a flair-lake of a schema this code reads.
 
@@ -64,9 +114,11 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
     if not is_url(lake) and not Path(lake).exists():
         raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`")
     try:
-        group = zarr.open_group(store=lake, mode=mode, storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") from None
+        group = _open_group(lake, mode=mode, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        err = explain_store_error(lake, exc) if is_url(lake) else None
+        raise err or LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") \
+            from None
     attrs = group.attrs.asdict()
     if attrs.get("format") != FORMAT_NAME:
         raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "
@@ -75,6 +127,20 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
         raise LakeStateError(f"{lake} has schema {attrs['schema_version']}, newer than this flair-lake "
                              f"({schema.SCHEMA_VERSION}); upgrade flair-lake")
     return group
+
+
+def lake_exists(lake: str, *, storage_options: dict | None = None) -> bool:
+    """Return True when a Zarr group (a lake or not) is at ``lake``, local path or object-store URL."""
+    if not is_url(lake):
+        return (Path(lake) / "zarr.json").exists()
+    try:
+        _open_group(lake, mode="r", storage_options=storage_options)
+        return True
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        err = explain_store_error(lake, exc)
+        if err is not None:
+            raise err from None
+        return False
 
 
 def check_writable(lake: str) -> None:
@@ -108,7 +174,7 @@ class Layout:
 
 def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = None) -> zarr.Group:
     """Create an empty lake (zero patches) with every per-patch array and the root attrs."""
-    root = zarr.open_group(store=lake, mode="w-", storage_options=storage_options, zarr_format=3)
+    root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3)
     p, s = layout.patch_size, layout.patches_per_shard
     img = {"aerial": ((0, 5, p, p), (1, 5, p, p), (s, 5, p, p)), "label": ((0, p, p), (1, p, p), (s, p, p))}
     for spec in schema.patch_arrays(p):

@@ -252,7 +252,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     lk.check_writable(lake)
     check_scheduler(cfg.scheduler)
     tree = discover(raw, metadata_path=metadata_path, centroids_path=centroids_path, sat_window=cfg.sat_window)
-    exists = lk.is_url(lake) or (Path(lake) / "zarr.json").exists()
+    exists = lk.lake_exists(lake, storage_options=storage_options)
     if exists:
         root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
         size = _patch_size(tree) if tree.patches else int(root.attrs["patch_size"])

@@ -83,7 +83,8 @@ class LakeDataset(torch.utils.data.Dataset):
                  storage_options: dict | None = None, skip_empty_months: bool | None = None,
                  use_zarrs: bool | None = None) -> None:
         root = lk.open_lake(lake, storage_options=storage_options)
-        self.use_zarrs = zarrs_available() if use_zarrs is None else use_zarrs
+        # zarrs reads local stores; object-store URLs go through fsspec and zarr-python's pipeline
+        self.use_zarrs = (zarrs_available() and not lk.is_url(lake)) if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
         self.view = resolve_view(root, view)
         self.rows = select_rows(root, split)
