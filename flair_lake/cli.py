@@ -184,5 +184,59 @@ def info(lake, as_json, storage_option):
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
 
 
+@main.command()
+@click.argument("lake", default=config.default_lake)
+@click.option("--deep", is_flag=True, help="Also decode every shard of aerial, label and the views' monthly "
+              "cubes, naming the patches of missing, truncated or corrupt shards.")
+@click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
+@_handle_errors
+def validate(lake, deep, storage_option):
+    """Check LAKE against the lake contract; list each problem with the command that repairs it.
+
+    \b
+    Exit codes: 0 sound; 4 problems found (one per line); 1 no lake or not a flair-lake.
+    """
+    from flair_lake.validate import validate as run_validate
+
+    report = run_validate(lake, deep=deep, storage_options=_storage_options(storage_option))
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("lake", default=config.default_lake)
+@click.option("--patch", "patch_ids", multiple=True, help="Patch id (IMG_040001 or 40001); repeatable.")
+@click.option("--random", "random_n", type=int, help="Show N random ingested patches instead.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--view", help="View whose monthly cube is shown [default: the latest].")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
+@_handle_errors
+def preview(lake, patch_ids, random_n, seed, view, out, storage_option):
+    """Quick-look PNG of patches of LAKE: colour, NIR, elevation, label, monthly Sentinel-2 strip, NDVI."""
+    from flair_lake.preview import render_preview
+
+    res = render_preview(lake, out, patch_ids=patch_ids, random_n=random_n, view=view, seed=seed,
+                         storage_options=_storage_options(storage_option))
+    click.echo(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px): "
+               + ", ".join(f"IMG_{i:06d}" for i in res["patch_ids"]) + f"; view {res['view']}")
+
+
+@main.command()
+@click.argument("lake", default=config.default_lake)
+@click.option("--view", help="View for the NDVI and cloud statistics [default: the latest].")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for CSVs and PNGs.")
+@click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
+@_handle_errors
+def stats(lake, view, out, storage_option):
+    """Class distribution per split, mean NDVI per class through the year, dates dropped per month and domain."""
+    from flair_lake.stats import write_stats
+
+    res = write_stats(lake, out, view=view, storage_options=_storage_options(storage_option))
+    for line in res["lines"]:
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()
