@@ -25,9 +25,10 @@ from bench.common import bench_tree, machine  # noqa: E402
 
 
 def rate(loader, batches: int) -> float:
-    """Return samples/s over ``batches`` batches after one warm-up batch."""
+    """Return samples/s over ``batches`` batches after a warm-up of two batches per worker (workers started)."""
     it = iter(loader)
-    next(it)
+    for _ in range(max(1, 2 * loader.num_workers)):
+        next(it)
     n, t0 = 0, time.perf_counter()
     for _ in range(batches):
         try:
@@ -43,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", default=str(Path(tempfile.gettempdir()) / "flair-lake-bench-raw"))
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--codec", default="zstd")
     args = ap.parse_args()
     from flair_lake.config import FilterConfig, IngestConfig

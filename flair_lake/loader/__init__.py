@@ -37,13 +37,14 @@ def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str
                 ) -> torch.utils.data.DataLoader:
     """Return a DataLoader of batches (dicts, see ``schema.SAMPLE_KEYS``) from a lake view.
 
-    Batches are read with one async gather per batch (``__getitems__``); workers are forkserver processes that
+    Batches are read with one async gather per batch (``__getitems__``) and travel compact (labels uint8,
+    monthly Sentinel-2 uint16) until :class:`BatchTransform` casts them on the device; workers are forkserver processes that
     open the store themselves, persistent, prefetching, with one decode thread each; memory is pinned when CUDA
     is present. With ``distributed`` the rank and world size come from ``torch.distributed`` and each rank
     reads a disjoint part of every epoch; call ``loader.batch_sampler.set_epoch(epoch)`` every epoch.
     """
     ds = LakeDataset(lake, view=view, split=split, storage_options=storage_options,
-                     skip_empty_months=skip_empty_months, use_zarrs=use_zarrs)
+                     skip_empty_months=skip_empty_months, use_zarrs=use_zarrs, compact=True)
     rank, world = 0, 1
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -77,12 +77,16 @@ class LakeDataset(torch.utils.data.Dataset):
             the view's parameters.
         use_zarrs: decode with the zarrs (Rust) codec pipeline; default: when installed (extra ``fast``),
             falling back to zarr-python's pipeline otherwise.
+        compact: keep labels uint8 and Sentinel-2 uint16 (monthly views) so that worker-to-trainer transfers
+            are 4-8x smaller; :class:`~flair_lake.loader.BatchTransform` casts them to the contract's int64 and
+            float32 on the device. ``make_loader`` sets it.
     """
 
     def __init__(self, lake: str, *, view: str | None = None, split: str | Sequence[str] | None = "train",
                  storage_options: dict | None = None, skip_empty_months: bool | None = None,
-                 use_zarrs: bool | None = None) -> None:
+                 use_zarrs: bool | None = None, compact: bool = False) -> None:
         root = lk.open_lake(lake, storage_options=storage_options)
+        self.compact = compact
         # zarrs reads local stores; object-store URLs go through fsspec and zarr-python's pipeline
         self.use_zarrs = (zarrs_available() and not lk.is_url(lake)) if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
@@ -173,7 +177,8 @@ class LakeDataset(torch.utils.data.Dataset):
                 np.full((self.patch_size,) * 2, schema.IGNORE_LABEL, np.uint8)
             if self.monthly:
                 count = got["month_count"][k]
-                sen, days, pad = got["monthly"][k].astype(np.float32), got["month_days"][k].astype(np.int64), count == 0
+                sen = got["monthly"][k] if self.compact else got["monthly"][k].astype(np.float32)
+                days, pad = got["month_days"][k].astype(np.int64), count == 0
                 if self.skip_empty:
                     sen, days, pad = sen[~pad], days[~pad], pad[~pad]
             elif self.view:
@@ -184,7 +189,7 @@ class LakeDataset(torch.utils.data.Dataset):
                 days, pad = np.zeros(0, np.int64), np.zeros(0, bool)
             out.append({
                 "aerial": torch.from_numpy(got["aerial"][k]),
-                "label": torch.from_numpy(label.astype(np.int64)),
+                "label": torch.from_numpy(label if self.compact else label.astype(np.int64)),
                 "sentinel": torch.from_numpy(np.ascontiguousarray(sen)),
                 "dates": torch.from_numpy(days),
                 "pad_mask": torch.from_numpy(pad),

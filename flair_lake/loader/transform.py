@@ -43,7 +43,7 @@ class BatchTransform:
         aerial = (out["aerial"].float() - self.a_mean.to(dev)) / self.a_std.to(dev)
         sentinel = (out["sentinel"].float() - self.s_mean.to(dev)) / self.s_std.to(dev)
         sentinel = sentinel * (~out["pad_mask"])[:, :, None, None, None]  # padded steps stay exactly 0
-        label = out["label"]
+        label = out["label"].long()  # compact batches carry uint8 labels
         if self.augment:
             b = aerial.shape[0]
             k = torch.randint(0, 4, (b,), generator=generator)
