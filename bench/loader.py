@@ -61,14 +61,18 @@ def main() -> None:
         ingest(raw, lake, IngestConfig(codec=args.codec), progress=False)
         run_filter(lake, FilterConfig.baseline(), progress=False)
         for w in args.workers:
+            if w:
+                threads = make_loader(lake, split=["D006_2020", "D033_2021", "D004_2021"], batch_size=10,
+                                      num_workers=w, shuffle=True, worker_kind="thread")
+                print(f"workers={w} as threads: lake loader {rate(threads, args.batches):.0f} samples/s", flush=True)
             lake_loader = make_loader(lake, split=["D006_2020", "D033_2021", "D004_2021"], batch_size=10,
-                                      num_workers=w, shuffle=True)
+                                      num_workers=w, shuffle=True, worker_kind="process")
             raw_ds = RawBaselineDataset(raw, split=None)
             raw_loader = torch.utils.data.DataLoader(
                 raw_ds, batch_size=10, shuffle=True, num_workers=w, collate_fn=collate,
                 **({"multiprocessing_context": "forkserver", "persistent_workers": True} if w else {}))
             lake_rate, raw_rate = rate(lake_loader, args.batches), rate(raw_loader, args.batches)
-            print(f"workers={w}: lake loader {lake_rate:.0f} samples/s, raw per-sample reader {raw_rate:.0f} "
+            print(f"workers={w} as processes: lake loader {lake_rate:.0f} samples/s, raw per-sample reader {raw_rate:.0f} "
                   f"samples/s, ratio {lake_rate / raw_rate:.2f}x", flush=True)
 
 

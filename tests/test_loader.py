@@ -58,12 +58,17 @@ def test_lake_loader_equals_the_raw_baseline_reader(raw_tree, viewed_lake):
     assert compared > 10
 
 
-def test_workers_yield_the_same_samples(viewed_lake):
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_workers_yield_the_same_samples(viewed_lake, kind):
     ids0 = sorted(int(i) for b in make_loader(viewed_lake, split="all", batch_size=5, num_workers=0)
                   for i in b["patch_id"])
-    loader = make_loader(viewed_lake, split="all", batch_size=5, num_workers=2)
-    ids2 = sorted(int(i) for b in loader for i in b["patch_id"])
+    loader = make_loader(viewed_lake, split="all", batch_size=5, num_workers=2, worker_kind=kind)
+    batches = list(loader)
+    ids2 = sorted(int(i) for b in batches for i in b["patch_id"])
     assert ids0 == ids2 and len(ids0) == 32 and len(set(ids0)) == 32
+    assert batches[0]["label"].dtype == torch.uint8 and batches[0]["sentinel"].dtype == torch.uint16
+    out = BatchTransform({})(batches[0])  # the device-side cast restores the contract dtypes
+    assert out["label"].dtype == torch.int64 and out["sentinel"].dtype == torch.float32
 
 
 def test_distributed_sampler_is_disjoint_and_reshuffles():
