@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import bench_tree, machine  # noqa: E402
 
 
-def run(raw: Path, workers: int, workdir: Path) -> dict:
+def run(raw: Path, workers: int, workdir: Path, codec: str = "zstd") -> dict:
     """Ingest ``raw`` into a fresh lake with ``workers`` single-threaded worker processes."""
     from distributed import Client, LocalCluster
 
@@ -38,7 +38,7 @@ def run(raw: Path, workers: int, workdir: Path) -> dict:
                       env=dict(WORKER_ENV)) as cluster, Client(cluster):
         start = time.perf_counter() - t0
         t1 = time.perf_counter()
-        summary = ingest(raw, str(lake), IngestConfig(scheduler=cluster.scheduler_address), progress=False)
+        summary = ingest(raw, str(lake), IngestConfig(scheduler=cluster.scheduler_address, codec=codec), progress=False)
         seconds = time.perf_counter() - t1
     rep = describe(str(lake))
     return {"workers": workers, "patches": summary.added, "seconds": seconds, "cluster_start": start,
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--raw", default=str(Path(tempfile.gettempdir()) / "flair-lake-bench-raw"))
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=2, help="runs per worker count; the best is kept")
+    ap.add_argument("--codec", default="zstd", help="image codec of the lake (zstd, lz4, none)")
     args = ap.parse_args()
     raw = bench_tree(args.raw)
     print(f"machine: {machine()}")
@@ -58,7 +59,7 @@ def main() -> None:
         for w in args.workers:
             best = None
             for _ in range(args.repeat):
-                r = run(raw, w, Path(tmp))
+                r = run(raw, w, Path(tmp), args.codec)
                 best = r if best is None or r["rate"] > best["rate"] else best
             results[w] = best
             print(f"workers={w}: {best['patches']} patches in {best['seconds']:.2f} s = {best['rate']:.0f} patches/s "
