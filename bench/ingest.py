@@ -38,7 +38,8 @@ def run(raw: Path, workers: int, workdir: Path, codec: str = "zstd") -> dict:
                       env=dict(WORKER_ENV)) as cluster, Client(cluster):
         start = time.perf_counter() - t0
         t1 = time.perf_counter()
-        summary = ingest(raw, str(lake), IngestConfig(scheduler=cluster.scheduler_address, codec=codec), progress=False)
+        cfg = IngestConfig(scheduler=cluster.scheduler_address, codec=codec)
+        summary = ingest(raw, str(lake), cfg, progress=False)
         seconds = time.perf_counter() - t1
     rep = describe(str(lake))
     return {"workers": workers, "patches": summary.added, "seconds": seconds, "cluster_start": start,
