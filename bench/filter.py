@@ -75,6 +75,15 @@ def main() -> None:
             rate = s.patches / (time.perf_counter() - t0)
             best = max(best, rate)
             print(f"run {i}: {s.patches} patches in {time.perf_counter() - t0:.2f} s = {rate:.0f} patches/s")
+        import zarr
+
+        root = zarr.open_group(lake, mode="r")
+        phases: dict[str, float] = {}
+        for name, marker in root[f"views/bench{args.repeat - 1}/done"].groups():
+            for k, v in marker.attrs["seconds"].items():
+                phases[k] = phases.get(k, 0.0) + v
+        print("worker seconds by phase (last run, all shards): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     base = baseline_per_sample(discover(raw), 128)
     print(f"filter --monthly, {args.workers} workers: {best:.0f} patches/s (target >= 1000)")
     print(f"baseline per-sample loops, 1 process: {base:.0f} patches/s; ratio {best / base:.1f}x")

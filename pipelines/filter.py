@@ -84,6 +84,8 @@ def filter_shard(task: FilterTask) -> dict:
     """Compute and write one shard of a view: cover, keep, and (monthly) composites, counts and day offsets."""
     import zarr
 
+    t_start = time.perf_counter()
+    phases = dict.fromkeys(("read", "cover", "composite", "write"), 0.0)
     root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
     a, b = task.rows
     n, w, half = b - a, task.window, task.window // 2
@@ -99,18 +101,25 @@ def filter_shard(task: FilterTask) -> dict:
     areas = root.attrs["areas"]
     ok = status == lk.STATUS_OK
     for area_code in np.unique(zone[ok]):
+        t0 = time.perf_counter()
         g = root[f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"]
         masks = g["masks"][:]
         dates = g["dates"][:].astype("datetime64[D]")
+        phases["read"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         t = masks.shape[0]
         members = np.flatnonzero(ok & (zone == area_code))
         cov = window_cover(masks, origins[members], window=w, min_prob=task.cfg.min_prob,
                            combine=task.cfg.combine)
         kp = keep_dates(cov, max_cover=task.cfg.max_cover)
         cover[members, :t], keep[members, :t], n_dates[members] = cov, kp, t
+        phases["cover"] += time.perf_counter() - t0
         if monthly is None:
             continue
+        t0 = time.perf_counter()
         data = g["data"][:]  # the area is read once per task
+        phases["read"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         clear = (masks.max(axis=1) < task.cfg.min_prob) if task.cfg.mask_pixels else None
         date_year = dates.astype("datetime64[Y]").astype(int) + 1970
         date_month = dates.astype("datetime64[M]").astype(int) % 12
@@ -121,6 +130,8 @@ def filter_shard(task: FilterTask) -> dict:
                                           window=w, reducer=task.cfg.reducer, clear=clear)
             monthly[sub], counts[sub] = comp, cnt
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
+        phases["composite"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
     vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
     with lk.fast_writes():
         vg["cover"][a:b] = cover
@@ -130,7 +141,9 @@ def filter_shard(task: FilterTask) -> dict:
             vg["monthly"][a:b] = monthly
             vg["month_count"][a:b] = counts
             vg["month_days"][a:b] = days
-    report = {"rows": [a, b], "patches": int(ok.sum())}
+    phases["write"] = time.perf_counter() - t0
+    phases["total"] = time.perf_counter() - t_start
+    report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}
     root.create_group(lk.shard_marker(task.shard, f"{schema.VIEWS_GROUP}/{task.view}/done"), attributes=report,
                       overwrite=True)
     return {"shard": task.shard, **report}
