@@ -6,7 +6,7 @@ Click options and function signatures read their defaults from here; nothing els
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flair_lake import schema
 from flair_lake.errors import UsageError
@@ -139,15 +139,6 @@ class FilterConfig:
         """Return the released baseline's exact behaviour (FLAIR2_BASELINE.md §2.3-2.4)."""
         return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
                    mask_pixels=False, skip_empty_months=True, ref_year=2021)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Grouped access for code that needs several configs' defaults."""
-
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
 
 
 # --- training ---------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import numpy as np
 
 from flair_lake import schema
 from flair_lake.config import SynthConfig
-from flair_lake.errors import RawFormatError, TargetNotWritableError, UsageError
+from flair_lake.errors import TargetNotWritableError, UsageError
 from flair_lake.raw import names
 
 log = logging.getLogger(__name__)
@@ -573,9 +573,3 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False, pr
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"root": str(out), "patches": len(metadata), "zones": len(zones), "domains": len(cfg.domains),
             "patches_per_split": splits, "bytes": size}
-
-
-def check_tree_is_synthetic(root: Path) -> None:
-    """Raise when ``root`` does not hold a tree ``synthesize`` could have written (used by the demo)."""
-    if not (root / names.METADATA_JSON).exists():
-        raise RawFormatError(f"{root}: no {names.METADATA_JSON}; run `flair-lake synth {root}` first")

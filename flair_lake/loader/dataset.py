@@ -18,7 +18,6 @@ import torch
 from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.errors import LakeStateError, UsageError
-from flair_lake.stages.composite import month_day_offsets
 from flair_lake.stages.metadata import encode_metadata
 
 log = logging.getLogger(__name__)
@@ -218,4 +217,4 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-__all__ = ["LakeDataset", "collate", "resolve_view", "select_rows", "month_day_offsets"]
+__all__ = ["LakeDataset", "collate", "resolve_view", "select_rows"]
