@@ -62,6 +62,11 @@ def main() -> None:
 
     raw = bench_tree(args.raw)
     print(f"machine: {machine()}")
+    import dask
+
+    from pipelines.cluster import worker_dask_config
+
+    dask.config.set(worker_dask_config())  # the LocalCluster below gets what `dask_client` gives its workers
     with tempfile.TemporaryDirectory() as tmp, \
             LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                          env=dict(WORKER_ENV)) as cluster, Client(cluster):

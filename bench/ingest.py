@@ -55,6 +55,11 @@ def main() -> None:
     args = ap.parse_args()
     raw = bench_tree(args.raw)
     print(f"machine: {machine()}")
+    import dask
+
+    from pipelines.cluster import worker_dask_config
+
+    dask.config.set(worker_dask_config())  # the LocalClusters below get what `dask_client` gives its workers
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:

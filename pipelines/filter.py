@@ -178,7 +178,7 @@ def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int,
         if cfg.monthly:
             vg.create_array("monthly", shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
                             shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
-                            compressors=lk.compressors("zstd", MONTHLY_LEVEL, typesize=2),
+                            compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
                             dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
                             attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
             vg.create_array("month_count", shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
