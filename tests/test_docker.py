@@ -27,6 +27,10 @@ def test_compose_parses_and_wires_the_services():
     assert {"scheduler", "worker", "s3", "ingest", "filter", "trainer"} <= set(compose["services"])
     for name in ("ingest", "filter"):
         assert "tcp://scheduler:8786" in compose["services"][name]["command"]
+    from pipelines.cluster import MALLOC_ENV
+
+    env = compose["services"]["worker"]["environment"]
+    assert all(env[k] == v for k, v in MALLOC_ENV.items())
 
 
 def test_every_command_exists_in_the_package():
