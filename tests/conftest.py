@@ -34,3 +34,17 @@ def lake(raw_tree, tmp_path_factory):
     summary = ingest(raw_tree, path, IngestConfig(workers=2, patches_per_shard=8))
     assert summary.exit_code == 0, summary.lines()
     return path
+
+
+@pytest.fixture(scope="session")
+def monthly_lake(lake, tmp_path_factory):
+    """Return a copy of :func:`lake` with the default monthly view (read-only for tests)."""
+    import shutil
+
+    from flair_lake.config import FilterConfig
+    from pipelines.filter import run_filter
+
+    path = str(tmp_path_factory.mktemp("monthly") / "lake.zarr")
+    shutil.copytree(lake, path)
+    run_filter(path, FilterConfig(monthly=True), workers=2)
+    return path

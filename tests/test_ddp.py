@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from flair_lake.config import FilterConfig
-from pipelines.filter import run_filter
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ddp_lake(lake, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ddplake") / "lake.zarr")
-    shutil.copytree(lake, path)
-    run_filter(path, FilterConfig(monthly=True), workers=1)
-    return path
+def ddp_lake(monthly_lake):
+    return monthly_lake
 
 
 def _rank(rank: int, world: int, lake: str, port: int, out: str) -> None:

@@ -15,15 +15,8 @@ from flair_lake.cli import main
 
 
 @pytest.fixture(scope="module")
-def viewed(lake, tmp_path_factory):
-    """Return a copy of the session lake with a monthly view (read-only for tests)."""
-    from flair_lake.config import FilterConfig
-    from pipelines.filter import run_filter
-
-    path = str(tmp_path_factory.mktemp("look") / "lake.zarr")
-    shutil.copytree(lake, path)
-    run_filter(path, FilterConfig(monthly=True), workers=1)
-    return path
+def viewed(monthly_lake):
+    return monthly_lake
 
 
 def _copy(src: str, tmp_path) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,16 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from flair_lake.config import FilterConfig, TrainConfig
+from flair_lake.config import TrainConfig
 from flair_lake.training.loop import fit
-from pipelines.filter import run_filter
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="module")
-def train_lake(lake, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("trainlake") / "lake.zarr")
-    shutil.copytree(lake, path)
-    run_filter(path, FilterConfig(monthly=True), workers=2)
-    return path
+def train_lake(monthly_lake):
+    return monthly_lake
 
 
 def test_fit_resume_and_evaluate(train_lake, tmp_path):
