@@ -32,6 +32,28 @@ def _handle_errors(fn):
     return wrapper
 
 
+def parse_split(split: str):
+    """Return a split name, or a list of domains for ``D006_2020,D004_2021``."""
+    return split.split(",") if "," in split else split
+
+
+def checkpoint_options(fn):
+    """The options shared by the scripts that run a checkpoint on a split of a lake (evaluate, predict)."""
+    options = [
+        click.option("--ckpt", required=True, type=click.Path(dir_okay=False)),
+        click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr"),
+        click.option("--split", default="test", show_default=True, callback=lambda _c, _p, v: parse_split(v),
+                     help="train, val, test, all, or domains (D006_2020,D004_2021)."),
+        click.option("--view", default=None, help="Filter view (default: the checkpoint's)."),
+        click.option("--batch-size", type=int, default=10, show_default=True),
+        click.option("--workers", type=int, default=None),
+        click.option("--device", default=None),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
 @click.version_option(package_name="flair-lake")

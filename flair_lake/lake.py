@@ -24,6 +24,7 @@ import zarr
 import zarr.codecs
 
 from flair_lake import schema
+from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, LakeNotFoundError, LakeStateError, TargetNotWritableError
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,8 @@ class Layout:
 
     patch_size: int
     patches_per_shard: int = schema.PATCHES_PER_SHARD
-    codec: str = "zstd"
-    level: int = 3
+    codec: str = IngestConfig.codec
+    level: int = IngestConfig.zstd_level
 
 
 def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = None) -> zarr.Group:

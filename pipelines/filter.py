@@ -27,7 +27,7 @@ from flair_lake.stages.composite import MONTHS, composite_windows, month_day_off
 log = logging.getLogger(__name__)
 
 BASELINE_VIEW = "baseline"
-MONTHLY_LEVEL = 1  # blosc-zstd level of the monthly cube: level 1 encodes fastest for the same decode speed
+MONTHLY_LEVEL = 1  # with --codec zstd: blosc-zstd level 1 encodes fastest for the same decode speed
 
 
 def view_name(cfg: FilterConfig) -> str:
@@ -260,20 +260,12 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
 
 
 def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> None:
-    """Map the shard tasks over a Dask cluster with a progress bar."""
-    from distributed import as_completed
-    from tqdm import tqdm
+    """Map the shard tasks over the cluster, counting the shards written."""
+    from pipelines.cluster import run_tasks
 
-    from pipelines.cluster import dask_client
-
-    with dask_client(scheduler, workers) as client:
-        futures = client.map(filter_shard, tasks, pure=False, retries=1)
-        bar = tqdm(total=len(futures), desc="filter", unit="shard", disable=None if progress is None else not progress)
-        for fut in as_completed(futures):
-            fut.result()
-            summary.shards_written += 1
-            bar.update()
-        bar.close()
+    for _ in run_tasks([(filter_shard, tasks)], scheduler=scheduler, workers=workers, desc="filter",
+                       progress=progress):
+        summary.shards_written += 1
 
 
 def build_report(root, name: str) -> dict:

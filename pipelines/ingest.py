@@ -351,24 +351,16 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
 
 
 def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: IngestSummary) -> None:
-    """Map the tasks over a Dask cluster with a progress bar."""
-    from distributed import as_completed
-    from tqdm import tqdm
+    """Map the super-area and shard tasks over the cluster, counting what was written."""
+    from pipelines.cluster import run_tasks
 
-    from pipelines.cluster import dask_client
-
-    with dask_client(cfg.scheduler, cfg.workers, cfg.threads_per_worker) as client:
-        futures = client.map(write_area, area_tasks, pure=False, retries=1) + \
-            client.map(write_patch_shard, shard_tasks, pure=False, retries=1)
-        bar = tqdm(total=len(futures), desc="ingest", unit="task", disable=None if progress is None else not progress)
-        for fut in as_completed(futures):
-            res = fut.result()
-            if "shard" in res:
-                summary.shards_written += 1
-            else:
-                summary.areas_written += 1
-            bar.update()
-        bar.close()
+    for res in run_tasks([(write_area, area_tasks), (write_patch_shard, shard_tasks)], scheduler=cfg.scheduler,
+                         workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, desc="ingest",
+                         progress=progress):
+        if "shard" in res:
+            summary.shards_written += 1
+        else:
+            summary.areas_written += 1
 
 
 def _update_band_stats(root) -> None:

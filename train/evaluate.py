@@ -10,28 +10,20 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flair_lake import config  # noqa: E402
-from flair_lake.cli import _handle_errors  # noqa: E402
+from flair_lake.cli import _handle_errors, checkpoint_options  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False))
-@click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
-@click.option("--split", default="test", show_default=True, help="train, val, test, all or a domain list.")
-@click.option("--view", default=None, help="Filter view (default: the checkpoint's).")
+@checkpoint_options
 @click.option("--out", default=None, help="Folder for metrics JSON/CSV and the confusion matrix plot.")
 @click.option("--predict", "predict_dir", default=None, help="Also write georeferenced PRED_<id>.tif here.")
 @click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
-@click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default=None)
 @_handle_errors
-def main(ckpt, lake, split, view, out, predict_dir, probabilities, batch_size, workers, device):
+def main(ckpt, lake, split, view, batch_size, workers, device, out, predict_dir, probabilities):
     """Evaluate CKPT on a split of LAKE."""
     from flair_lake.training.evaluate import evaluate
 
-    split_arg = split.split(",") if "," in split else split
-    res = evaluate(ckpt, lake, split=split_arg, view=view, out_dir=out or Path(ckpt).parent,
+    res = evaluate(ckpt, lake, split=split, view=view, out_dir=out or Path(ckpt).parent,
                    predict_dir=predict_dir, probabilities=probabilities, batch_size=batch_size, workers=workers,
                    device=device)
     if res["labelled"]:

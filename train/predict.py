@@ -15,27 +15,20 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flair_lake import config  # noqa: E402
-from flair_lake.cli import _handle_errors  # noqa: E402
+from flair_lake.cli import _handle_errors, checkpoint_options  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False))
-@click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
-@click.option("--split", default="test", show_default=True, help="train, val, test, all or domains (a,b).")
+@checkpoint_options
 @click.option("--out", required=True, help="Folder for the GeoTIFFs.")
-@click.option("--view", default=None, help="Filter view (default: the checkpoint's).")
 @click.option("--probabilities", is_flag=True, help="Also write PROB_<id>.tif.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: mean of 4 flips.")
-@click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default=None)
 @_handle_errors
-def main(ckpt, lake, split, out, view, probabilities, tta, batch_size, workers, device):
+def main(ckpt, lake, split, view, batch_size, workers, device, out, probabilities, tta):
     """Predict every patch of a split of LAKE with CKPT into OUT."""
     from flair_lake.training.evaluate import evaluate
 
-    res = evaluate(ckpt, lake, split=split.split(",") if "," in split else split, view=view, predict_dir=out,
+    res = evaluate(ckpt, lake, split=split, view=view, predict_dir=out,
                    probabilities=probabilities, batch_size=batch_size, workers=workers, device=device, tta=tta)
     msg = f"wrote {res['patches']} predictions to {out}"
     if res["labelled"]:
