@@ -24,6 +24,8 @@ initialisation), ``baseline_quirks`` (U-T&T: collapsed fusion from batch element
 
 from __future__ import annotations
 
+from flair_lake.models import _compat  # noqa: F401  (before anything imports smp/torchvision)
+
 import inspect
 from collections.abc import Callable
 from functools import partial
