@@ -115,6 +115,8 @@ def _storage_options(pairs: tuple[str, ...]) -> dict | None:
 @click.option("--workers", type=int, help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--codec", type=click.Choice(config.CODECS), default=config.IngestConfig.codec, show_default=True,
               help="Compression of the image arrays (lz4 or none decode faster on a 2-core trainer).")
+@click.option("--sentinel-codec", type=click.Choice(config.CODECS), default=config.IngestConfig.sentinel_codec,
+              show_default=True, help="Compression of the Sentinel-2 time series (read whole by filter).")
 @click.option("--patches-per-shard", type=int, default=config.IngestConfig.patches_per_shard, show_default=True,
               help="Patches per shard of a new lake (256 suits object stores); one Dask task per shard.")
 @click.option("--sat-window", type=int, default=config.IngestConfig.sat_window, show_default=True,
@@ -125,7 +127,7 @@ def _storage_options(pairs: tuple[str, ...]) -> dict | None:
               help="flair-2_centroids_sp_to_patch.json when it is not next to the tree.")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
-def ingest(raw, lake, scheduler, workers, codec, patches_per_shard, sat_window, metadata_path, centroids_path, storage_option):
+def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path, centroids_path, storage_option):
     """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default ./lake.zarr).
 
     \b
@@ -135,7 +137,7 @@ def ingest(raw, lake, scheduler, workers, codec, patches_per_shard, sat_window, 
     """
     from pipelines.ingest import ingest as run_ingest
 
-    cfg = config.IngestConfig(codec=codec, sat_window=sat_window, workers=workers, scheduler=scheduler,
+    cfg = config.IngestConfig(codec=codec, sentinel_codec=sentinel_codec, sat_window=sat_window, workers=workers, scheduler=scheduler,
                               patches_per_shard=patches_per_shard)
     summary = run_ingest(raw, lake, cfg, metadata_path=metadata_path, centroids_path=centroids_path,
                          storage_options=_storage_options(storage_option))

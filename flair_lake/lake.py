@@ -43,15 +43,17 @@ def is_url(lake: str) -> bool:
 def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
     """Return the bytes-to-bytes codecs for ``codec`` ('zstd', 'lz4' or 'none').
 
-    uint8 imagery gains nothing from byte-shuffle (LAKE_NOTES §1.2); uint16 reflectance is shuffled first.
+    uint8 imagery gains nothing from byte-shuffle (LAKE_NOTES §1.2). uint16 reflectance (12-bit values) is
+    bit-shuffled first: measured on Sentinel-2 windows, 2x the encode and 1.2-1.4x the decode speed of
+    byte-shuffle, for the same size with zstd and 10 % smaller with lz4.
     """
     if codec == "none":
         return ()
     if codec == "lz4":
-        shuffle = "shuffle" if typesize > 1 else "noshuffle"
+        shuffle = "bitshuffle" if typesize > 1 else "noshuffle"
         return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, typesize=typesize),)
     if typesize > 1:
-        return (zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=typesize),)
+        return (zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle", typesize=typesize),)
     return (zarr.codecs.ZstdCodec(level=level),)
 
 
@@ -277,6 +279,29 @@ def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -
         return root[shard_marker(shard, prefix)].attrs.asdict()
     except KeyError:
         return None
+
+
+def zarrs_available() -> bool:
+    """Return True when the zarrs codec pipeline (Rust; a dependency, optional in principle) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("zarrs") is not None
+
+
+def rust_codecs(lake: str, enabled: bool | None = None):
+    """Return a context in which arrays opened use the zarrs (Rust) codec pipeline.
+
+    Measured (LAKE_NOTES §3, README): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
+    zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline. ``enabled=None``
+    means "when installed".
+    """
+    import contextlib
+
+    if enabled is None:
+        enabled = zarrs_available()
+    if enabled and not is_url(lake):
+        return zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+    return contextlib.nullcontext()
 
 
 def fast_writes():

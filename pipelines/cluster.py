@@ -49,6 +49,19 @@ def check_scheduler(scheduler: str | None) -> None:
         pass
 
 
+def _current_client(scheduler: str):
+    """Return this process's default Dask client when it is connected to ``scheduler``, else None."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client in this process
+        return None
+    if client.status == "running" and client.scheduler is not None and client.scheduler.address == scheduler:
+        return client
+    return None
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
     """Yield a ``distributed.Client``: of ``scheduler`` when given, else of a new LocalCluster.
@@ -62,6 +75,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
     if scheduler:
+        current = _current_client(scheduler)
+        if current is not None:  # a notebook or a benchmark already holds a client of that scheduler: reuse it
+            yield current
+            return
         try:
             client = Client(scheduler, timeout="5s")
         except (OSError, TimeoutError, ValueError) as exc:

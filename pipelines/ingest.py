@@ -316,7 +316,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                     root[f"{schema.SENTINEL_GROUP}/{name}"].attrs.get("complete"):
                 summary.areas_skipped += 1
                 continue
-            area_tasks.append(AreaTask(lake, areas[name], cfg.codec, cfg.zstd_level, storage_options))
+            area_tasks.append(AreaTask(lake, areas[name], cfg.sentinel_codec, cfg.zstd_level, storage_options))
     if shard_tasks or area_tasks:
         _run_tasks(shard_tasks, area_tasks, cfg, progress, summary)
 
