@@ -130,9 +130,12 @@ def filter_shard(task: FilterTask) -> dict:
         for y in np.unique(year[members]):  # months of the patch's own acquisition year
             sub = members[year[members] == y]
             months = np.where(date_year == y, date_month, -1)
-            comp, cnt = composite_windows(data, months, kp[np.searchsorted(members, sub)], origins[sub],
-                                          window=w, reducer=task.cfg.reducer, clear=clear)
-            monthly[sub], counts[sub] = comp, cnt
+            contiguous = sub[-1] - sub[0] + 1 == sub.size  # the usual case: fill the shard's cube in place
+            comp, counts[sub] = composite_windows(
+                data, months, kp[np.searchsorted(members, sub)], origins[sub], window=w, reducer=task.cfg.reducer,
+                clear=clear, out=monthly[sub[0]:sub[-1] + 1] if contiguous else None)
+            if not contiguous:
+                monthly[sub] = comp
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
         phases["composite"] += time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -106,3 +106,17 @@ def test_composites_match_numpy_references(seed, reducer, masked):
 def test_month_day_offsets_follow_the_baseline_convention():
     assert month_day_offsets(2021).tolist() == [120, 89, 61, 30, 0, -31, -61, -92, -123, -153, -184, -214]
     assert month_day_offsets(2020)[0] == 121  # the real (leap) year, not a forced 2021
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_composites_fill_a_given_buffer_in_place(seed):
+    data, masks, months, origins = _area(seed)
+    keep = keep_dates(window_cover(masks, origins, window=W, min_prob=60), max_cover=0.5)
+    expect, counts = composite_windows(data, months, keep, origins, window=W)
+    cube = np.zeros((len(origins) + 2, *expect.shape[1:]), np.uint16)
+    got, got_counts = composite_windows(data, months, keep, origins, window=W, out=cube[1:-1])
+    assert np.shares_memory(got, cube)
+    np.testing.assert_array_equal(cube[1:-1], expect)
+    np.testing.assert_array_equal(got_counts, counts)
+    assert not cube[0].any() and not cube[-1].any()
