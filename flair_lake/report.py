@@ -1,12 +1,15 @@
-"""Charts of a training run folder: loss and mIoU curves from ``log.csv``, per-class IoU bars from ``iou_<split>.csv``.
+"""Charts of a training run folder: loss and mIoU curves from ``log.csv``, per-class IoU bars from ``iou_<split>.csv``,
+and the grid of the worst-predicted patches (true colour, truth, prediction, errors) that evaluation draws.
 
-Both files are written by :mod:`flair_lake.training.loop` and :mod:`flair_lake.training.evaluate`.
+The CSV files are written by :mod:`flair_lake.training.loop` and :mod:`flair_lake.training.evaluate`.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import numpy as np
 
 from flair_lake.errors import UsageError
 
@@ -25,6 +28,8 @@ def _num(v: str) -> float:
 
 def render_run(run: str | Path, out: str | Path | None = None) -> list[str]:
     """Write ``curves.png`` (log.csv) and ``iou_<split>.png`` (each iou_<split>.csv) of ``run``; return the paths.
+
+    Evaluation draws the other pictures of a run itself: ``confusion_<split>.png`` and ``examples_<split>.png``.
 
     Raises:
         UsageError: ``run`` is not a folder or holds neither log.csv nor any iou_<split>.csv.
@@ -76,3 +81,65 @@ def render_run(run: str | Path, out: str | Path | None = None) -> list[str]:
         plt.close(fig)
         written.append(str(dst))
     return written
+
+
+def class_colours() -> list[str]:
+    """Return the official colour of each training class 0..12 ('other' in the raw 'other' colour)."""
+    from flair_lake import schema
+
+    return [schema.RAW_CLASSES[c + 1][1] for c in range(schema.METRIC_CLASSES)] + [schema.RAW_CLASSES[19][1]]
+
+
+def plot_examples(examples: list[dict], path: str | Path, title: str = "") -> str:
+    """Draw one row per patch: true colour, truth, prediction and errors (wrong pixels red); return the path.
+
+    Args:
+        examples: dicts with ``patch_id``, ``rgb`` (H, W, 3) uint8, ``truth`` and ``pred`` (H, W) training
+            classes 0..12, and ``accuracy`` (pixel accuracy of the patch).
+        path: PNG to write.
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+
+    from flair_lake import schema
+
+    colours = class_colours()
+    cmap, norm = ListedColormap(colours), BoundaryNorm(np.arange(-0.5, len(colours)), len(colours))
+    n = len(examples)
+    fig, axes = plt.subplots(n, 4, figsize=(12.5, 3.0 * n + 0.6), squeeze=False)
+    present: set[int] = set()
+    for i, ex in enumerate(examples):
+        rgb, truth, pred = ex["rgb"], ex["truth"], ex["pred"]
+        present.update(int(c) for c in np.unique(truth))
+        present.update(int(c) for c in np.unique(pred))
+        wrong = pred != truth
+        errors = (rgb.astype(np.float32) * 0.35 + 255 * 0.4).astype(np.uint8)  # the image, faded
+        errors[wrong] = (220, 20, 20)
+        panels = (rgb, truth, pred, errors)
+        for j, (ax, img) in enumerate(zip(axes[i], panels)):
+            if j in (1, 2):
+                ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(f"IMG_{int(ex['patch_id']):06d}", fontsize=9)
+        axes[i, 3].set_xlabel(f"pixel accuracy {ex['accuracy']:.3f}", fontsize=8)
+    for ax, name in zip(axes[0], ("true colour", "truth", "prediction", "errors (red)")):
+        ax.set_title(name, fontsize=10)
+    handles = [Patch(facecolor=colours[c], edgecolor="black", lw=0.4, label=f"{c} {schema.CLASS_NAMES[c]}")
+               for c in sorted(present)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.6 / (3.0 * n + 0.6) + 0.03, 1, 0.97 if title else 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)

@@ -55,6 +55,9 @@ def test_fit_resume_and_evaluate(train_lake, tmp_path):
     metrics = json.loads((tmp_path / "metrics_test.json").read_text())
     assert metrics["patches"] == 8 and 0.0 <= metrics["miou"] <= 1.0
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "examples_test.png").shape[:2] == (1008, 1000)  # 4 rows of the worst patches
     root = zarr.open_group(train_lake, mode="r")
     files = sorted(pred.glob("PRED_*.tif"))
     assert len(files) == 8
@@ -107,3 +110,20 @@ def test_fit_script_errors(tmp_path, train_lake):
     assert res.exit_code == 1 and "view 'nope' is not in the lake" in res.output
     res = CliRunner().invoke(fit_main, ["--lake", train_lake, "--train-split", "D999_2020", "--workers", "0"])
     assert res.exit_code != 0 and "unknown split or domain" in res.output
+
+
+def test_examples_are_the_patches_of_lowest_pixel_accuracy():
+    from flair_lake.training.evaluate import _keep_worst
+
+    worst: list = []
+    truth = torch.zeros(3, 4, 4, dtype=torch.long)
+    for batch, wrong in enumerate(([0, 5, 16], [2, 9, 1])):  # wrong pixels of each patch (of 16)
+        pred = torch.zeros_like(truth)
+        for k, n in enumerate(wrong):
+            pred[k].view(-1)[:n] = 1
+        raw = {"patch_id": torch.tensor([10 * batch + k for k in range(3)]),
+               "aerial": torch.zeros(3, 5, 4, 4, dtype=torch.uint8)}
+        _keep_worst(worst, 3, raw, pred, truth)
+    assert [e["patch_id"] for e in worst] == [2, 11, 1]  # 16, 9 and 5 wrong pixels
+    assert [e["accuracy"] for e in worst] == [0.0, 7 / 16, 11 / 16]
+    assert worst[0]["rgb"].shape == (4, 4, 3) and worst[0]["pred"].shape == (4, 4)

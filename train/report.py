@@ -1,4 +1,6 @@
-"""Charts of a training run: ``python train/report.py RUN [-o DIR]`` (loss/mIoU curves, per-class IoU bars)."""
+"""Charts of a training run: ``python train/report.py RUN [-o DIR]`` (loss/mIoU curves, per-class IoU bars).
+
+The confusion matrix and the grid of worst patches are drawn by evaluation (``fit`` and ``train/evaluate.py``)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def main(run, out):
 
     for path in render_run(run, out):
         click.echo(f"wrote {path}")
+    for path in sorted(Path(run).glob("confusion_*.png")) + sorted(Path(run).glob("examples_*.png")):
+        click.echo(f"drawn by evaluation: {path}")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,13 @@ def predict_logits(model, batch: dict, *, tta: bool = False) -> torch.Tensor:
 def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | None = None,
              out_dir: str | Path | None = None, predict_dir: str | Path | None = None,
              probabilities: bool = False, batch_size: int = 10, workers: int | None = None,
-             device: str | None = None, max_batches: int | None = None, tta: bool = False) -> dict:
-    """Evaluate ``ckpt`` on a split of ``lake``; write metrics (and predictions) and return the metrics."""
+             device: str | None = None, max_batches: int | None = None, tta: bool = False,
+             examples: int = 4) -> dict:
+    """Evaluate ``ckpt`` on a split of ``lake``; write metrics (and predictions) and return the metrics.
+
+    With ``out_dir`` and labels, ``examples_<split>.png`` shows the ``examples`` patches of lowest pixel accuracy
+    (true colour, truth, prediction, errors); 0 draws none.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ck = load_checkpoint(ckpt, dev)
     loader = make_loader(lake, view=view or ck.get("view"), split=split, batch_size=batch_size,
@@ -75,6 +80,7 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
     if predict_dir:
         Path(predict_dir).mkdir(parents=True, exist_ok=True)
     labelled = bool(loader.dataset.has_label.any())
+    worst: list[dict] = []  # the `examples` patches of lowest pixel accuracy so far, best last
     for i, raw in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -84,6 +90,8 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
         pred = logits.argmax(1)
         if labelled:
             cm.update(pred, batch["label"])
+            if examples and out_dir:
+                _keep_worst(worst, examples, raw, pred, batch["label"])
         if predict_dir:
             prob = torch.softmax(logits, 1) if probabilities else None
             for k in range(pred.shape[0]):
@@ -98,7 +106,25 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
               "confusion_matrix": matrix.tolist()}
     if out_dir:
         write_reports(result, Path(out_dir))
+        if worst:
+            from flair_lake.report import plot_examples
+
+            plot_examples(worst, Path(out_dir) / f"examples_{split}.png",
+                          title=f"{split}: the {len(worst)} patches of lowest pixel accuracy")
     return result
+
+
+def _keep_worst(worst: list[dict], k: int, raw: dict, pred: torch.Tensor, truth: torch.Tensor) -> None:
+    """Add this batch's patches to ``worst`` where they are among the ``k`` of lowest pixel accuracy."""
+    acc = (pred == truth).float().mean((1, 2)).cpu().numpy()
+    for j in np.argsort(acc, kind="stable"):
+        if len(worst) == k and acc[j] >= worst[-1]["accuracy"]:
+            break
+        worst.append({"accuracy": float(acc[j]), "patch_id": int(raw["patch_id"][j]),
+                      "rgb": raw["aerial"][j, :3].permute(1, 2, 0).cpu().numpy(),
+                      "truth": truth[j].cpu().numpy(), "pred": pred[j].cpu().numpy()})
+        worst.sort(key=lambda e: e["accuracy"])
+        del worst[k:]
 
 
 def _write_prediction(folder: Path, pid: int, pred: np.ndarray, gdal_transform, epsg: int,
