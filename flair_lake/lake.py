@@ -281,6 +281,30 @@ def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -
         return None
 
 
+def resolve_view(root: zarr.Group, lake: str, view: str | None, *, required: bool = False,
+                 complete: bool = False) -> str | None:
+    """Return the view to read: ``view`` when given (checked), else the latest one (None when there is none).
+
+    Raises:
+        LakeStateError: ``view`` does not exist (the message lists the views), none exists and ``required``, or
+            ``complete`` is asked and the view was left unfinished.
+    """
+    vg = root.get(schema.VIEWS_GROUP)
+    names = sorted(n for n, _ in vg.groups()) if vg is not None else []
+    if view is None:
+        view = vg.attrs.get("latest") if vg is not None else None
+        if view not in names:
+            view = None
+        if view is None and required:
+            raise LakeStateError(f"{lake} has no view; build one with `flair-lake filter {lake} --monthly`")
+    elif view not in names:
+        raise LakeStateError(f"view {view!r} is not in {lake}; views: {', '.join(names) or 'none'} "
+                             "(build one with `flair-lake filter --monthly`)")
+    if view is not None and complete and not vg[view].attrs.get("complete"):
+        raise LakeStateError(f"view {view!r} of {lake} is incomplete; run `flair-lake filter` again to finish it")
+    return view
+
+
 def zarrs_available() -> bool:
     """Return True when the zarrs codec pipeline (Rust; a dependency, optional in principle) is installed."""
     import importlib.util

@@ -13,7 +13,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.errors import LakeStateError, UsageError
+from flair_lake.errors import UsageError
 
 DPI = 100
 ROW_INCHES = 2.4
@@ -35,25 +35,6 @@ def parse_patch_id(text: str | int) -> int:
     if not s.isdigit():
         raise UsageError(f"--patch {text!r} is not a patch id; give IMG_<digits> or the digits, e.g. IMG_040001")
     return int(s)
-
-
-def resolve_view(root, lake: str, view: str | None, *, required: bool = False) -> str | None:
-    """Return the view to read: ``view`` when given (checked), else the latest one (None when there is none).
-
-    Raises:
-        LakeStateError: ``view`` does not exist (the message lists the views), or none exists and ``required``.
-    """
-    vg = root.get(schema.VIEWS_GROUP)
-    names = sorted(n for n, _ in vg.groups()) if vg is not None else []
-    if view is None:
-        view = vg.attrs.get("latest") if vg is not None else None
-        if view is None and required:
-            raise LakeStateError(f"{lake} has no view; build one with `flair-lake filter {lake} --monthly`")
-        return view
-    if view not in names:
-        listed = ", ".join(names) if names else "none (build one with `flair-lake filter --monthly`)"
-        raise LakeStateError(f"view {view!r} is not in {lake}; views: {listed}")
-    return view
 
 
 def centre_ndvi(monthly: np.ndarray, count: np.ndarray, crop: int = schema.S2_CENTRE_CROP) -> np.ndarray:
@@ -160,7 +141,7 @@ def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_
 
     root = lk.open_lake(lake, storage_options=storage_options)
     rows = pick_rows(root, lake, tuple(patch_ids), random_n, seed)
-    view = resolve_view(root, lake, view)
+    view = lk.resolve_view(root, lake, view)
     vg = root[f"{schema.VIEWS_GROUP}/{view}"] if view else None
     monthly = vg is not None and "monthly" in vg
     ids = root["patch_id"][:]

@@ -19,7 +19,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.preview import MONTH_NAMES, centre_ndvi, resolve_view
+from flair_lake.preview import MONTH_NAMES, centre_ndvi
 
 CLASSES = np.arange(1, schema.NUM_RAW_CLASSES + 1)
 
@@ -186,7 +186,7 @@ def write_stats(lake: str, out: str | Path, *, view: str | None = None,
     import matplotlib.pyplot as plt
 
     root = lk.open_lake(lake, storage_options=storage_options)
-    view = resolve_view(root, lake, view)
+    view = lk.resolve_view(root, lake, view)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = lk.valid_rows(root)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from flair_lake import lake as lk
 from flair_lake.cli import main
 from flair_lake.config import FilterConfig, IngestConfig, SynthConfig
-from flair_lake.raw import metadata, names
+from flair_lake.raw import names
 from flair_lake.synth import synthesize
 from pipelines.filter import run_filter
 from pipelines.ingest import ingest

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import torch
 
-from flair_lake.loader.dataset import LakeDataset, collate, resolve_view, select_rows
+from flair_lake.loader.dataset import LakeDataset, collate, select_rows
 from flair_lake.loader.sampler import EpochBatchSampler
 from flair_lake.loader.threaded import ThreadedLoader
 from flair_lake.loader.transform import BatchTransform
 
 __all__ = ["LakeDataset", "EpochBatchSampler", "BatchTransform", "ThreadedLoader", "collate", "make_loader",
-           "resolve_view", "select_rows", "default_workers", "default_worker_kind"]
+           "select_rows", "default_workers", "default_worker_kind"]
 
 THREAD_WORKERS_MAX_CORES = 4  # measured on 2 cores: 2 threads 522 samples/s, 2 processes 196 (README)
 

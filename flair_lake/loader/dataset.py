@@ -17,32 +17,10 @@ import torch
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.errors import LakeStateError, UsageError
+from flair_lake.errors import UsageError
 from flair_lake.stages.metadata import encode_metadata
 
 log = logging.getLogger(__name__)
-
-
-def zarrs_available() -> bool:
-    """Return True when the optional zarrs codec pipeline (``pip install flair-lake[fast]``) is installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("zarrs") is not None
-
-
-def resolve_view(root, view: str | None) -> str | None:
-    """Return the view to read: ``view`` when given (checked), else the latest complete view, else None."""
-    views = root.get(schema.VIEWS_GROUP)
-    names = sorted(n for n, _ in views.groups()) if views is not None else []
-    if view is None:
-        latest = views.attrs.get("latest") if views is not None else None
-        return latest if latest in names else None
-    if view not in names:
-        raise LakeStateError(f"view {view!r} is not in the lake; views: {', '.join(names) or 'none'} "
-                             "(make one with `flair-lake filter`)")
-    if not views[view].attrs.get("complete"):
-        raise LakeStateError(f"view {view!r} is incomplete; run `flair-lake filter` again to finish it")
-    return view
 
 
 def select_rows(root, split: str | Sequence[str] | None) -> np.ndarray:
@@ -87,9 +65,9 @@ class LakeDataset(torch.utils.data.Dataset):
         root = lk.open_lake(lake, storage_options=storage_options)
         self.compact = compact
         # zarrs reads local stores; object-store URLs go through fsspec and zarr-python's pipeline
-        self.use_zarrs = (zarrs_available() and not lk.is_url(lake)) if use_zarrs is None else use_zarrs
+        self.use_zarrs = (lk.zarrs_available() and not lk.is_url(lake)) if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
-        self.view = resolve_view(root, view)
+        self.view = lk.resolve_view(root, lake, view, complete=True)
         self.rows = select_rows(root, split)
         self.patch_size = int(root.attrs["patch_size"])
         params = root[f"{schema.VIEWS_GROUP}/{self.view}"].attrs["params"] if self.view else {}
@@ -217,4 +195,4 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-__all__ = ["LakeDataset", "collate", "resolve_view", "select_rows"]
+__all__ = ["LakeDataset", "collate", "select_rows"]
