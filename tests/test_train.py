@@ -126,3 +126,31 @@ def test_examples_are_the_patches_of_lowest_pixel_accuracy():
     assert [e["patch_id"] for e in worst] == [2, 11, 1]  # 16, 9 and 5 wrong pixels
     assert [e["accuracy"] for e in worst] == [0.0, 7 / 16, 11 / 16]
     assert worst[0]["rgb"].shape == (4, 4, 3) and worst[0]["pred"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "bare_state_dict", "other_dict", "other_options"])
+def test_unusable_checkpoints_are_one_line_errors(tmp_path, case):
+    from flair_lake.models import create_model
+    from flair_lake.training.checkpoint import CheckpointError, load_weights, read_checkpoint
+
+    model = create_model("unet")
+    path = tmp_path / "ck.pt"
+    ck = {"model_name": "unet", "model_kwargs": {"use_metadata": False}, "state_dict": model.state_dict()}
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "text":
+        path.write_text("not a checkpoint\n")
+    elif case == "bare_state_dict":
+        torch.save(model.state_dict(), path)
+    elif case == "other_dict":
+        torch.save({"epoch": 3}, path)
+    elif case == "other_options":  # a U-T&T checkpoint trained without metadata, loaded into one with it
+        utt = create_model("utt")
+        torch.save({**ck, "model_name": "utt", "state_dict": utt.state_dict()}, path)
+        loaded = read_checkpoint(path)
+        with pytest.raises(CheckpointError, match="does not fit model 'utt'.*--metadata"):
+            load_weights(create_model("utt", use_metadata=True), loaded, path)
+        return
+    with pytest.raises(CheckpointError, match=str(path)) as info:
+        read_checkpoint(path)
+    assert "\n" not in str(info.value) and "train/fit.py" in str(info.value)

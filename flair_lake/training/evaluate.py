@@ -20,6 +20,7 @@ from flair_lake import schema
 from flair_lake.config import TrainConfig
 from flair_lake.errors import FlairLakeError
 from flair_lake.loader import BatchTransform, make_loader
+from flair_lake.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 from flair_lake.training.loop import _autocast, forward, iou_table
 from flair_lake.training.metrics import ConfusionMatrix, miou
 
@@ -30,12 +31,13 @@ def load_checkpoint(path: str | Path, device: torch.device):
     """Return (model in eval mode, checkpoint dict) of a checkpoint written by ``fit``."""
     from flair_lake.models import create_model
 
-    path = Path(path)
-    if not path.exists():
-        raise FlairLakeError(f"no checkpoint at {path}; train one with `python train/fit.py --lake LAKE`")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = create_model(ck["model_name"], **ck.get("model_kwargs", {}))
-    model.load_state_dict(ck["state_dict"])
+    ck = read_checkpoint(path)
+    try:
+        model = create_model(ck["model_name"], **ck.get("model_kwargs", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build model {ck['model_name']!r} with options "
+                              f"{ck.get('model_kwargs', {})} ({exc}); was it written by another version?") from exc
+    load_weights(model, ck, path)
     return model.to(device).eval(), ck
 
 

@@ -23,18 +23,15 @@ import torch
 from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.config import TrainConfig
-from flair_lake.errors import FlairLakeError, LakeStateError
+from flair_lake.errors import LakeStateError
 from flair_lake.loader import BatchTransform, make_loader
+from flair_lake.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 from flair_lake.training.losses import UTTLoss
 from flair_lake.training.metrics import ConfusionMatrix, iou_per_class, miou
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "lr", "seconds", "train_samples_per_s")
-
-
-class CheckpointError(FlairLakeError, ValueError):
-    """A checkpoint cannot be used for this run."""
 
 
 @dataclasses.dataclass
@@ -185,11 +182,11 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "best_val_miou": None}
     if cfg.resume and (out / "last.pt").exists():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        ck = read_checkpoint(out / "last.pt")
         if ck["model_name"] != cfg.model:
             raise CheckpointError(f"{out / 'last.pt'} is a {ck['model_name']!r} checkpoint, not {cfg.model!r}; "
                                   "use the same --model or another --out")
-        core.load_state_dict(ck["state_dict"])
+        load_weights(core, ck, out / "last.pt")
         opt.load_state_dict(ck["optimizer"])
         state.update(ck["state"])
         torch.set_rng_state(ck["torch_rng"])
