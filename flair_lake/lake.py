@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,12 @@ def check_writable(lake: str) -> None:
     if not parent.is_dir():
         raise TargetNotWritableError(f"cannot write {lake}: {parent} is a file, not a folder; choose a path "
                                      "in a writable folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TargetNotWritableError(f"cannot write {lake}: {parent} is not writable; choose a writable folder")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or pseudo file systems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise TargetNotWritableError(f"cannot write {lake}: {parent} is not writable ({exc.strerror or exc}); "
+                                     "choose a writable folder") from None
     if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
         raise TargetNotWritableError(f"{lake} is a non-empty folder that is not a lake; give a new path")
 

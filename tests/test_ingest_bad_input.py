@@ -287,6 +287,14 @@ def test_target_under_a_file(tmp_path):
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
+def test_target_in_a_folder_nobody_can_write(tmp_path):
+    # permission bits say yes to root; a pseudo file system refuses every new file all the same
+    raw = make_tree(tmp_path)
+    lake = Path("/proc/flair-lake-test/lake.zarr")
+    res = run_ingest(raw, lake)
+    _assert_fatal(res, lake, str(lake), "/proc is not writable", "choose a writable folder")
+
+
 def test_target_is_a_file(tmp_path):
     raw = make_tree(tmp_path)
     lake = tmp_path / "lake.zarr"
