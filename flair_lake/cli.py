@@ -233,7 +233,7 @@ def validate(lake, deep, storage_option):
 @click.option("--patch", "patch_ids", multiple=True, help="Patch id (IMG_040001 or 40001); repeatable.")
 @click.option("--random", "random_n", type=int, help="Show N random ingested patches instead.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
-@click.option("--view", help="View whose monthly cube is shown [default: the latest].")
+@click.option("--view", help="View whose monthly cube is shown [default: the latest with one].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
@@ -249,7 +249,7 @@ def preview(lake, patch_ids, random_n, seed, view, out, storage_option):
 
 @main.command()
 @click.argument("lake", default=config.default_lake)
-@click.option("--view", help="View for the NDVI and cloud statistics [default: the latest].")
+@click.option("--view", help="View for the NDVI and cloud statistics [default: the latest with a monthly cube].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for CSVs and PNGs.")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors

@@ -286,8 +286,11 @@ def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -
 
 
 def resolve_view(root: zarr.Group, lake: str, view: str | None, *, required: bool = False,
-                 complete: bool = False) -> str | None:
+                 complete: bool = False, monthly: bool = False) -> str | None:
     """Return the view to read: ``view`` when given (checked), else the latest one (None when there is none).
+
+    With ``monthly``, the default is the latest view that has a monthly cube (the most recently updated one
+    when the latest view has none).
 
     Raises:
         LakeStateError: ``view`` does not exist (the message lists the views), none exists and ``required``, or
@@ -299,6 +302,10 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, required: boo
         view = vg.attrs.get("latest") if vg is not None else None
         if view not in names:
             view = None
+        if monthly and view is not None and not vg[view].attrs.get("params", {}).get("monthly"):
+            cubes = [n for n in names if vg[n].attrs.get("params", {}).get("monthly")]
+            view = max(cubes, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
+                       default=view)
         if view is None and required:
             raise LakeStateError(f"{lake} has no view; build one with `flair-lake filter {lake} --monthly`")
     elif view not in names:

@@ -123,7 +123,7 @@ def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_
         out: PNG path (its folder is created).
         patch_ids: patch ids (``IMG_040001`` or ``40001``).
         random_n: draw this many random ingested patches instead.
-        view: view whose monthly cube is shown (default: the latest; no Sentinel columns when none).
+        view: view whose monthly cube is shown (default: the latest with one; no Sentinel columns when none).
         seed: seed of the random draw.
         storage_options: fsspec options of an object store.
 
@@ -141,7 +141,7 @@ def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_
 
     root = lk.open_lake(lake, storage_options=storage_options)
     rows = pick_rows(root, lake, tuple(patch_ids), random_n, seed)
-    view = lk.resolve_view(root, lake, view)
+    view = lk.resolve_view(root, lake, view, monthly=True)
     vg = root[f"{schema.VIEWS_GROUP}/{view}"] if view else None
     monthly = vg is not None and "monthly" in vg
     ids = root["patch_id"][:]

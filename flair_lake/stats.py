@@ -171,7 +171,8 @@ def write_stats(lake: str, out: str | Path, *, view: str | None = None,
     Args:
         lake: path or URL of the lake.
         out: output folder (created).
-        view: view for the NDVI and cloud statistics (default: the latest; skipped when there is none).
+        view: view for the NDVI and cloud statistics (default: the latest with a monthly cube; skipped when
+            there is none).
         storage_options: fsspec options of an object store.
 
     Returns:
@@ -186,7 +187,7 @@ def write_stats(lake: str, out: str | Path, *, view: str | None = None,
     import matplotlib.pyplot as plt
 
     root = lk.open_lake(lake, storage_options=storage_options)
-    view = lk.resolve_view(root, lake, view)
+    view = lk.resolve_view(root, lake, view, monthly=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = lk.valid_rows(root)

@@ -12,6 +12,7 @@ import zarr
 from click.testing import CliRunner
 
 from flair_lake import lake as lk
+from flair_lake import schema
 from flair_lake.cli import main
 from flair_lake.config import FilterConfig, IngestConfig, SynthConfig
 from flair_lake.raw import names
@@ -191,3 +192,20 @@ def test_lake_without_sentinel_data(tmp_path):
     res = CliRunner().invoke(main, ["filter", path])
     assert res.exit_code == 1 and "no Sentinel-2 data" in res.output
     assert "views" in zarr.open_group(path) and not list(zarr.open_group(path)["views"].groups())
+
+
+def test_pictures_default_to_the_latest_view_with_a_monthly_cube(tmp_path):
+    from flair_lake.errors import LakeStateError
+
+    root = zarr.open_group(str(tmp_path / "l.zarr"), mode="w")
+    views = root.create_group(schema.VIEWS_GROUP)
+    for name, monthly, updated in (("old-cube", True, "2026-01-01"), ("new-cube", True, "2026-02-01"),
+                                   ("dates-only", False, "2026-03-01")):
+        views.create_group(name).attrs.update({"params": {"monthly": monthly}, "updated": updated,
+                                               "complete": True})
+    views.attrs["latest"] = "dates-only"
+    assert lk.resolve_view(root, "l.zarr", None) == "dates-only"  # the loader reads any view
+    assert lk.resolve_view(root, "l.zarr", None, monthly=True) == "new-cube"
+    assert lk.resolve_view(root, "l.zarr", "old-cube", monthly=True) == "old-cube"
+    with pytest.raises(LakeStateError, match="views: dates-only, new-cube, old-cube"):
+        lk.resolve_view(root, "l.zarr", "nope")
