@@ -27,6 +27,10 @@ def _handle_errors(fn):
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             click.echo(f"error: {exc}", err=True)
+            # the reads a failed store left pending (an unreachable object store: dozens of them) are closed
+            # when the interpreter exits, each printing "Exception ignored in: <coroutine ...>": the one line
+            # above already says what went wrong
+            sys.unraisablehook = lambda _unraisable: None
             sys.exit(exc.exit_code)
 
     return wrapper

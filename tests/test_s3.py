@@ -104,3 +104,14 @@ def test_object_store_errors(s3, raw_tree, monkeypatch):
     res = runner.invoke(main, ["info", "s3://flair/lake.zarr", "--storage-option",
                                f"endpoint_url=http://127.0.0.1:{_free_port()}"])
     assert res.exit_code == 1 and "cannot reach the object store" in res.output and time.time() - t0 < 60
+
+
+def test_a_dead_endpoint_is_one_line_from_the_real_command(tmp_path):
+    # the pending reads a dead store leaves behind must not print their own tracebacks at exit
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s"}
+    for args in (["info", "s3://flair/lake.zarr"], ["filter", "s3://flair/lake.zarr", "--monthly"]):
+        res = subprocess.run([str(BIN / "flair-lake"), *args], capture_output=True, text=True, env=env,
+                             timeout=120, cwd=tmp_path)
+        assert res.returncode == 1
+        assert res.stderr.count("\n") == 1 and "cannot reach the object store" in res.stderr, res.stderr[-2000:]
