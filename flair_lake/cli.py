@@ -116,7 +116,7 @@ def _storage_options(pairs: tuple[str, ...]) -> dict | None:
 @click.argument("lake", default=config.default_lake)
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port); default: a "
               "LocalCluster sized to this machine.")
-@click.option("--workers", type=int, help="Worker processes of the LocalCluster (default: one per core).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--codec", type=click.Choice(config.CODECS), default=config.IngestConfig.codec, show_default=True,
               help="Compression of the image arrays (lz4 or none decode faster on a 2-core trainer).")
 @click.option("--sentinel-codec", type=click.Choice(config.CODECS), default=config.IngestConfig.sentinel_codec,
@@ -173,7 +173,7 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
 @click.option("--name", help="View name (default: derived from the parameters).")
 @click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port).")
-@click.option("--workers", type=int, help="Worker processes of the LocalCluster (default: one per core).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
 def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, name, overwrite,
@@ -189,7 +189,10 @@ def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels
                                    reducer=reducer, mask_pixels=mask_pixels).items() if v is not None}
     if preset == "baseline":
         if given:
-            raise click.UsageError(f"--preset baseline fixes every threshold; drop {', '.join(sorted(given))}")
+            flags = {"max_cover": "--cloud", "min_prob": "--prob", "combine": "--combine", "monthly": "--monthly",
+                     "reducer": "--reducer", "mask_pixels": "--mask-pixels"}
+            raise click.UsageError(f"--preset baseline fixes every threshold; drop "
+                                   f"{', '.join(flags[k] for k in sorted(given))}")
         cfg = config.FilterConfig.baseline()
     else:
         cfg = config.FilterConfig(**given)
