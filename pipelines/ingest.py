@@ -46,6 +46,8 @@ class IngestSummary:
     shards_written: int = 0
     shards_skipped: int = 0
     resumed_runs: int = 0
+    retried: int = 0  # quarantined patches whose shards were written again (their files may have been fixed)
+    already_present: int = 0  # patches of the tree that an earlier run had already ingested
     seconds: float = 0.0
     raw_bytes: int = 0
 
@@ -60,7 +62,10 @@ class IngestSummary:
         out = [f"ingested {self.added} patches into {self.lake} in {self.seconds:.1f} s ({rate:.0f} patches/s); "
                f"shards written {self.shards_written}, already complete {self.shards_skipped}; "
                f"super-areas written {self.areas_written}, already complete {self.areas_skipped}"
-               + (f"; resumed {self.resumed_runs} interrupted run(s)" if self.resumed_runs else "")]
+               + (f"; resumed {self.resumed_runs} interrupted run(s)" if self.resumed_runs else "")
+               + (f"; retried {self.retried} quarantined patch(es)" if self.retried else "")]
+        if not self.added and not self.quarantined and self.already_present:
+            out.append(f"nothing new: the tree's {self.already_present} patches are already in {self.lake}")
         if self.quarantined:
             out.append(f"quarantined {len(self.quarantined)} patch(es) (exit code {EXIT_PARTIAL}, partial):")
             out += [f"  {names.metadata_key(pid)}: {why}" for pid, why in sorted(self.quarantined.items())]
@@ -238,6 +243,50 @@ def _present_ids(root, still_bad: set[int]) -> set[int]:
     return ids
 
 
+def _plan_retries(root, tree: RawTree, raw: str | Path, work: list, per_shard: int) -> dict[str, set[int]]:
+    """Plan to write again the shards of finished runs of this tree that hold patches a shard task quarantined
+    (an unreadable or malformed file) whose files changed after that run started: re-downloaded or re-exported.
+    Whole shards are rewritten, so every patch of the run must still be in the tree. The run is marked running
+    and the shards' markers removed before anything is written: a kill in between is resumed like any
+    interrupted run. Unchanged bad files are left alone: re-ingesting the same tree adds nothing.
+
+    Returns:
+        run id -> the quarantined patch ids whose shards are written again.
+    """
+    status = root[lk.STATUS_ARRAY][:]
+    planned = {rid for rid, *_ in work}
+    retries: dict[str, set[int]] = {}
+    for r in root.attrs.get("runs", []):
+        if r.get("command") != "ingest" or r.get("status") != "complete" or r["id"] in planned \
+                or "rows" not in r or Path(r["raw"]) != Path(raw).resolve():
+            continue
+        a, b = r["rows"]
+        bad_rows = a + np.flatnonzero(status[a:b] == lk.STATUS_QUARANTINED)
+        ids = [int(i) for i in root["patch_id"][a:b]]
+        started = dt.datetime.fromisoformat(r["started"]).timestamp() + 1  # recorded to the second, rounded down
+        bad_rows = [row for row in bad_rows if ids[row - a] in tree.patches and _changed_since(
+            tree.patches[ids[row - a]], started)]
+        if not bad_rows:
+            continue
+        if any(i not in tree.patches for i in ids):
+            log.warning("run %s: quarantined patches not retried, some of its patches left the tree", r["id"])
+            continue
+        lk.update_run(root, r["id"], status="running", retried=lk.now_iso())
+        for shard in sorted({int(row) // per_shard for row in bad_rows}):
+            marker = lk.shard_marker(shard)
+            if root.get(marker) is not None:
+                del root[marker]
+        retries[r["id"]] = {ids[row - a] for row in bad_rows}
+        work.append((r["id"], range(a, b), [tree.patches[i] for i in ids], tree.areas))
+    return retries
+
+
+def _changed_since(patch: PatchFiles, when: float) -> bool:
+    """Return True when the patch's image or label file was modified after the POSIX time ``when``."""
+    files = [f for f in (patch.image, patch.label) if f is not None]
+    return any(Path(f).stat().st_mtime > when for f in files if Path(f).exists())
+
+
 def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
            metadata_path: str | None = None, centroids_path: str | None = None,
            storage_options: dict | None = None, progress: bool | None = None) -> IngestSummary:
@@ -274,7 +323,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     work: list[tuple[str, range, list[PatchFiles], dict[str, AreaFiles]]] = []
     for r in root.attrs.get("runs", []):
         if r.get("command") == "ingest" and r.get("status") == "running":
-            rtree = tree if Path(r["raw"]) == Path(raw) else discover(r["raw"], sat_window=cfg.sat_window)
+            rtree = tree if Path(r["raw"]) == Path(raw).resolve() else discover(r["raw"], sat_window=cfg.sat_window)
             ids = root["patch_id"][r["rows"][0]:r["rows"][1]]
             missing = [int(i) for i in ids if int(i) not in rtree.patches]
             if missing:
@@ -282,9 +331,12 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                                      f"gone (e.g. {names.img_name(missing[0])}); restore the raw tree")
             work.append((r["id"], range(*r["rows"]), [rtree.patches[int(i)] for i in ids], rtree.areas))
             summary.resumed_runs += 1
+    retried = _plan_retries(root, tree, raw, work, per_shard)
+    summary.retried = sum(len(v) for v in retried.values())
 
     # 2. the new patches: not yet in the lake, sorted by super-area then id (filter reads areas in order)
     present = _present_ids(root, set(tree.problems))
+    summary.already_present = len(present & tree.patches.keys())
     new = sorted((p for pid, p in tree.patches.items() if pid not in present), key=lambda p: (p.area, p.patch_id))
     new_problems = {pid: why for pid, why in tree.problems.items() if pid not in present}
     if new or new_problems:
@@ -336,7 +388,8 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                 quarantine.pop(str(p.patch_id), None)
         quarantine.update(bad)
         summary.quarantined.update({int(k): v for k, v in bad.items()})
-        summary.added += len(patches) - len(bad_ids)
+        # a retried run adds the patches that were quarantined and landed now; others add what they wrote
+        summary.added += len(retried[rid] - bad_ids) if rid in retried else len(patches) - len(bad_ids)
     quarantine.update({str(k): v for k, v in new_problems.items()})
     summary.quarantined.update(new_problems)
     root.attrs["quarantine"] = quarantine

@@ -7,6 +7,8 @@ nothing; nothing already in the lake is lost.
 from __future__ import annotations
 
 import json
+import os
+import time
 import shutil
 from pathlib import Path
 
@@ -383,3 +385,24 @@ def test_a_fixed_patch_lands_on_the_next_ingest(tmp_path):
     assert {int(k) for k in info(lake)["quarantine"]} == {40004}
     imgs = images(raw)
     assert_landed(lake, {k: v for k, v in imgs.items() if k != 40004}, labels(raw))
+
+
+def test_a_redownloaded_file_lands_on_the_next_ingest(tmp_path):
+    raw, lake = make_tree(tmp_path), tmp_path / "lake.zarr"
+    pristine = make_tree(tmp_path, "pristine")  # same seed: byte-identical files
+    _truncate(raw, 40003)
+    assert run_ingest(raw, lake).exit_code == 3
+    n = zarr.open_group(str(lake), mode="r")["patch_id"].shape[0]
+    shutil.copy(images(pristine)[40003], images(raw)[40003])  # the fix the message asked for
+    later = time.time() + 5  # a download that finishes after the run started
+    os.utime(images(raw)[40003], (later, later))
+    res = run_ingest(raw, lake)
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("ingested 1 patches") and "retried 1 quarantined patch(es)" in res.output
+    assert info(lake)["quarantine"] == {}
+    root = zarr.open_group(str(lake), mode="r")
+    assert root["patch_id"].shape[0] == n  # written again in its own row, not appended
+    assert [r["status"] for r in root.attrs["runs"]] == ["complete"]
+    assert_landed(lake, images(raw), labels(raw))
+    res = run_ingest(raw, lake)  # nothing changed since: nothing is rewritten
+    assert res.exit_code == 0 and "shards written 0" in res.output and "nothing new" in res.output, res.output
