@@ -219,17 +219,23 @@ def info(lake, as_json, storage_option):
 @click.argument("lake", default=config.default_lake)
 @click.option("--deep", is_flag=True, help="Also decode every shard of aerial, label and the views' monthly "
               "cubes, naming the patches of missing, truncated or corrupt shards.")
+@click.option("--repair", is_flag=True, help="Repair what the check finds: delete each missing, truncated or "
+              "corrupt shard (in every array its ingest task writes) and its marker and reopen the run that wrote "
+              "it; the same for a view's monthly shard; strip NUL padding from metadata. Then print the ingest "
+              "and filter commands that rewrite exactly those shards. With --deep it repairs what --deep finds.")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
-def validate(lake, deep, storage_option):
+def validate(lake, deep, repair, storage_option):
     """Check LAKE against the lake contract; list each problem with the command that repairs it.
 
     \b
-    Exit codes: 0 sound; 4 problems found (one per line); 1 no lake or not a flair-lake.
+    Exit codes: 0 sound, or (--repair) everything found was repaired: run the printed
+    `next:` commands; 4 problems found (one per line), or some need a manual repair;
+    1 no lake or not a flair-lake.
     """
     from flair_lake.validate import validate as run_validate
 
-    report = run_validate(lake, deep=deep, storage_options=_storage_options(storage_option))
+    report = run_validate(lake, deep=deep, repair=repair, storage_options=_storage_options(storage_option))
     for line in report.lines():
         click.echo(line)
     sys.exit(report.exit_code)

@@ -110,9 +110,146 @@ def test_validate_plain_problems(viewed, tmp_path):
     assert "no marker done/s0000002" in out
     assert "keep is True beyond n_dates" in out
     assert "invalid split codes [7]" in out
-    assert "label: shard 3" not in out  # a missing shard needs --deep
+    assert "label: shard 3 (rows 24-32) is missing from the store" in out  # found from the listing, no --deep
     res = CliRunner().invoke(main, ["validate", path, "--deep"])
-    assert "label: shard 3 (rows 24-32) is missing from the store" in res.output
+    assert res.output.count("label: shard 3 (rows 24-32) is missing from the store") == 1
+
+
+def _problems(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("  ")]
+
+
+def _no_traceback(res) -> None:
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("damage", ["nul", "padded", "empty-marker"])
+def test_validate_corrupt_metadata_is_one_line(lake, tmp_path, damage):
+    """A corrupt zarr.json is one problem naming the file and its repair (exit 4), never a traceback."""
+    path = _copy(lake, tmp_path)
+    node = "done/s0000001" if damage == "empty-marker" else "aerial"
+    meta = os.path.join(path, node, "zarr.json")
+    with open(meta, "rb") as fh:
+        good = fh.read()
+    with open(meta, "wb") as fh:
+        fh.write({"nul": b"\0" * len(good), "padded": good + b"\0" * 512, "empty-marker": b""}[damage])
+    res = CliRunner().invoke(main, ["validate", path])
+    _no_traceback(res)
+    assert res.exit_code == 4, res.output
+    problems = _problems(res.output)
+    assert len(problems) == 1, res.output
+    assert f"{path}/{node}/zarr.json is corrupt" in problems[0] and "fix:" in problems[0]
+    if damage == "nul":
+        assert f"all {len(good)} bytes are NUL" in problems[0] and "restore this file" in problems[0]
+        assert CliRunner().invoke(main, ["validate", path, "--repair"]).exit_code == 4  # nothing to strip
+        return
+    assert "--repair" in problems[0]
+    res = CliRunner().invoke(main, ["validate", path, "--repair"])
+    _no_traceback(res)
+    assert res.exit_code == 0, res.output
+    if damage == "padded":  # the JSON before the NUL bytes is intact: stripped, nothing else touched
+        with open(meta, "rb") as fh:
+            assert fh.read() == good
+        assert "is sound" in CliRunner().invoke(main, ["validate", path, "--deep"]).output
+    else:  # an unreadable marker: the shard is deleted and its run reopened, so that ingest rewrites it
+        assert not os.path.exists(os.path.join(path, node))
+        assert "repaired shard 1" in res.output and "next: flair-lake ingest" in res.output
+        root = _root(path)
+        assert root.attrs["runs"][0]["status"] == "running" and not root["status"][8:16].any()
+
+
+def test_validate_finds_deleted_shard_without_deep(lake, tmp_path):
+    path = _copy(lake, tmp_path)
+    os.remove(_shard_file(path, "aerial", shard=2))
+    root = _root(path)
+    ids = root["patch_id"][16:24][root["status"][16:24] == 1]
+    res = CliRunner().invoke(main, ["validate", path])
+    assert res.exit_code == 4, res.output
+    problems = _problems(res.output)
+    assert len(problems) == 1 and "aerial: shard 2 (rows 16-24) is missing from the store" in problems[0]
+    assert f"IMG_{int(ids[0]):06d}" in problems[0] and f"validate {path} --repair" in problems[0]
+
+
+def _files(path: str) -> dict[str, bytes]:
+    out = {}
+    for d, _, names in os.walk(path):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, n), path)] = fh.read()
+    return out
+
+
+def test_validate_repair_then_ingest_restores_the_lake(viewed, raw_tree, tmp_path):
+    """--deep --repair deletes exactly the damaged shards and reopens the run; ingest then rewrites only them."""
+    from flair_lake.config import IngestConfig
+    from pipelines.ingest import ingest
+
+    path = _copy(viewed, tmp_path)
+    f = _shard_file(path, "aerial", shard=1)
+    os.truncate(f, os.path.getsize(f) // 2)  # only --deep sees this one
+    os.remove(_shard_file(path, "label", shard=3))  # the plain check sees this one
+    before = _files(path)
+    res = CliRunner().invoke(main, ["validate", path, "--deep", "--repair"])
+    _no_traceback(res)
+    assert res.exit_code == 0, res.output
+    assert len(_problems(res.output)) == 2
+    assert "repaired shard 1 (rows 8-16" in res.output and "repaired shard 3 (rows 24-32" in res.output
+    run = _root(viewed).attrs["runs"][0]
+    assert res.output.splitlines()[-1] == f"next: flair-lake ingest {run['raw']} {path}"
+    after = _files(path)
+    gone = sorted(set(before) - set(after))
+    expect = sorted(os.path.join(*k) for s in ("1", "3") for k in (
+        ("aerial", "c", s, "0", "0", "0"), ("label", "c", s, "0", "0"), ("transform", "c", s, "0"),
+        ("crs_epsg", "c", s), ("status", "c", s), ("done", f"s000000{s}", "zarr.json")) if os.path.join(*k) in before)
+    assert len(expect) == 11 and gone == expect  # the two shards in every array of the task; nothing healthy
+    assert all(after[k] == before[k] for k in after if k != "zarr.json")  # ... nor changed
+    root = _root(path)
+    assert root.attrs["runs"][0]["status"] == "running"
+    status = root["status"][:]
+    assert not status[8:16].any() and not status[24:32].any() and status[:8].all()  # no row claims lost pixels
+    res = CliRunner().invoke(main, ["validate", path])
+    assert res.exit_code == 4 and "is recorded as running" in res.output and "flair-lake ingest" in res.output
+
+    summary = ingest(raw_tree, path, IngestConfig(workers=1))
+    assert summary.shards_written == 2 and summary.resumed_runs == 1, summary.lines()
+    res = CliRunner().invoke(main, ["validate", path, "--deep"])
+    assert res.exit_code == 0 and "is sound" in res.output, res.output
+    fresh, repaired = _root(viewed), _root(path)
+    for name in ("aerial", "label", "status", "crs_epsg"):
+        np.testing.assert_array_equal(repaired[name][:], fresh[name][:], err_msg=name)
+    assert repaired.attrs["runs"][0]["status"] == "complete"
+    assert repaired.attrs["band_stats"] == fresh.attrs["band_stats"]
+
+
+def test_validate_repair_view_shard_then_filter(viewed, tmp_path):
+    import shlex
+
+    path = _copy(viewed, tmp_path)
+    view = _root(path)["views"].attrs["latest"]
+    f = os.path.join(path, "views", view, "monthly", "c", "2", "0", "0", "0", "0")
+    os.truncate(f, 100)
+    res = CliRunner().invoke(main, ["validate", path, "--deep", "--repair"])
+    assert res.exit_code == 0, res.output
+    assert f"repaired view {view} shard 2 (rows 16-24" in res.output
+    assert not os.path.exists(os.path.join(path, "views", view, "done", "s0000002"))
+    assert _root(path)[f"views/{view}"].attrs["complete"] is False
+    nxt = [line[len("next: "):] for line in res.output.splitlines() if line.startswith("next: ")]
+    assert len(nxt) == 1 and nxt[0].startswith("flair-lake filter")  # the image shards are healthy: no ingest
+    res = CliRunner().invoke(main, [*shlex.split(nxt[0])[1:], "--workers", "1"])
+    assert res.exit_code == 0 and "shards written 1" in res.output, res.output
+    res = CliRunner().invoke(main, ["validate", path, "--deep"])
+    assert res.exit_code == 0, res.output
+    for name in ("monthly", "month_count", "cover", "keep", "n_dates"):
+        np.testing.assert_array_equal(_root(path)[f"views/{view}/{name}"][:], _root(viewed)[f"views/{view}/{name}"][:])
+
+
+def test_validate_repair_leaves_a_sound_lake_alone(viewed, tmp_path):
+    path = _copy(viewed, tmp_path)
+    before = _files(path)
+    res = CliRunner().invoke(main, ["validate", path, "--repair"])
+    assert res.exit_code == 0 and "nothing to repair" in res.output, res.output
+    assert _files(path) == before
 
 
 def test_validate_errors(tmp_path):
