@@ -29,6 +29,10 @@ class LakeStateError(FlairLakeError, RuntimeError):
     """The lake exists but cannot be used as asked (wrong schema, missing view, ...)."""
 
 
+class CorruptMetadataError(LakeStateError):
+    """A lake's metadata file cannot be parsed (truncated, padded, overwritten)."""
+
+
 class TargetNotWritableError(FlairLakeError, PermissionError):
     """The output location cannot be written."""
 

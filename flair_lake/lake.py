@@ -25,7 +25,8 @@ import zarr.codecs
 
 from flair_lake import schema
 from flair_lake.config import IngestConfig
-from flair_lake.errors import FlairLakeError, LakeNotFoundError, LakeStateError, TargetNotWritableError
+from flair_lake.errors import (CorruptMetadataError, FlairLakeError, LakeNotFoundError, LakeStateError,
+                               TargetNotWritableError)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ FORMAT_NAME = "flair-lake"
 STATUS_EMPTY, STATUS_OK, STATUS_QUARANTINED = 0, 1, 2
 STATUS_ARRAY = "status"
 TASK_WRITTEN = ("transform", "crs_epsg")  # per-patch columns read from the GeoTIFF by the shard task
+SHARD_TASK_ARRAYS = ("aerial", "label", *TASK_WRITTEN, STATUS_ARRAY)  # everything one ingest shard task writes
 
 
 def is_url(lake: str) -> bool:
@@ -122,6 +124,10 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
         err = explain_store_error(lake, exc) if is_url(lake) else None
         raise err or LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") \
             from None
+    except ValueError as exc:  # JSONDecodeError and zarr's metadata errors: the root zarr.json is damaged
+        raise CorruptMetadataError(f"{lake}/zarr.json is not valid Zarr metadata ({str(exc).splitlines()[0][:120]}); "
+                             f"`flair-lake validate {lake} --repair` fixes padding, otherwise restore the file "
+                             "from a backup") from None
     attrs = group.attrs.asdict()
     if attrs.get("format") != FORMAT_NAME:
         raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "

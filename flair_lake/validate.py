@@ -34,13 +34,13 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.errors import FlairLakeError, LakeStateError
+from flair_lake.errors import CorruptMetadataError, FlairLakeError, LakeStateError
 
 EXIT_INVALID = 4
 EXAMPLE_IDS = 5  # patch ids quoted per problem
 METADATA = "zarr.json"
 # what one ingest task (pipelines.ingest.write_patch_shard) writes for its shard's rows, before its marker
-SHARD_TASK_ARRAYS = ("aerial", "label", *lk.TASK_WRITTEN, lk.STATUS_ARRAY)
+SHARD_TASK_ARRAYS = lk.SHARD_TASK_ARRAYS
 _PADDING = b"\0 \t\r\n"
 _MARKER = re.compile(rf"^({schema.DONE_GROUP}|{schema.VIEWS_GROUP}/[^/]+/done)/s(\d{{7}})$")
 _FETCH_CONCURRENCY = 64  # metadata documents read at once (object stores)
@@ -824,6 +824,8 @@ def validate(lake: str, *, deep: bool = False, repair: bool = False,
     def open_root():
         try:
             return lk.open_lake(lake, mode=mode, storage_options=storage_options), None
+        except CorruptMetadataError as exc:  # named below with its repair, like any unreadable zarr.json
+            return None, exc
         except FlairLakeError:
             raise
         except Exception as exc:  # noqa: BLE001 - unreadable root metadata: named below, anything else re-raised

@@ -86,6 +86,11 @@ COORDS = (lk.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")
 
 def filter_shard(task: FilterTask) -> dict:
     """Compute and write one shard of a view: cover, keep, and (monthly) composites, counts and day offsets."""
+    with lk.rust_codecs(task.lake), lk.fast_writes():  # arrays opened here decode and encode in Rust (local)
+        return _filter_shard(task)
+
+
+def _filter_shard(task: FilterTask) -> dict:
     import zarr
 
     t_start = time.perf_counter()
@@ -139,16 +144,14 @@ def filter_shard(task: FilterTask) -> dict:
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
         phases["composite"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    with lk.rust_codecs(task.lake), lk.fast_writes():  # arrays opened here encode in Rust (2x) where possible
-        vg = zarr.open_group(store=task.lake, mode="r+", path=f"{schema.VIEWS_GROUP}/{task.view}",
-                             storage_options=task.storage_options)
-        vg["cover"][a:b] = cover
-        vg["keep"][a:b] = keep
-        vg["n_dates"][a:b] = n_dates
-        if monthly is not None:
-            vg["monthly"][a:b] = monthly
-            vg["month_count"][a:b] = counts
-            vg["month_days"][a:b] = days
+    vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
+    vg["cover"][a:b] = cover
+    vg["keep"][a:b] = keep
+    vg["n_dates"][a:b] = n_dates
+    if monthly is not None:
+        vg["monthly"][a:b] = monthly
+        vg["month_count"][a:b] = counts
+        vg["month_days"][a:b] = days
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}
@@ -263,9 +266,15 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     if not tasks and vg.attrs.get("complete"):
         summary.up_to_date = True
         return summary
-    run_id = f"filter-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
-    lk.update_run(root, run_id, command="filter", view=name, status="running", started=lk.now_iso(),
-                  params=params)
+    interrupted = [r["id"] for r in root.attrs.get("runs", [])
+                   if r.get("command") == "filter" and r.get("view") == name and r.get("status") == "running"]
+    if interrupted:  # this run finishes that one: its record is completed, not left running beside a new one
+        run_id = interrupted[-1]
+        lk.update_run(root, run_id, resumed=lk.now_iso(), params=params)
+    else:
+        run_id = f"filter-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
+        lk.update_run(root, run_id, command="filter", view=name, status="running", started=lk.now_iso(),
+                      params=params)
     if tasks:
         _run_tasks(tasks, scheduler, workers, progress, summary)
     report = build_report(root, name)

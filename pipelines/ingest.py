@@ -377,12 +377,16 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))}
     quarantine = dict(root.attrs.get("quarantine", {}))
     run_bad: dict[str, set[int]] = {}
+    records = {r["id"]: r for r in root.attrs.get("runs", [])}
     for rid, rows, patches, _ in work:
         bad = {k: v for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))
                for k, v in (reports[s] or {}).get("bad", {}).items()}
         bad_ids = run_bad[rid] = {int(k) for k in bad}
+        # an earlier session of this run (resumed or retried) also left out patches when it planned: keep them
+        rows_ids = {p.patch_id for p in patches}
+        planned_out = {i for i in records.get(rid, {}).get("quarantined_ids", []) if i not in rows_ids}
         lk.update_run(root, rid, status="complete", finished=lk.now_iso(), ingested=len(patches) - len(bad_ids),
-                      quarantined=len(bad_ids), quarantined_ids=sorted(bad_ids))
+                      quarantined=len(bad_ids | planned_out), quarantined_ids=sorted(bad_ids | planned_out))
         for p in patches:  # a patch quarantined by an earlier run and fixed since has landed now
             if str(p.patch_id) not in bad:
                 quarantine.pop(str(p.patch_id), None)

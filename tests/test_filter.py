@@ -139,8 +139,15 @@ def test_resume_after_interruption_gives_the_same_view(lake_copy, tmp_path):
         del root[f"views/{full.view}/done"][f"s{s:07d}"]
         vg["monthly"][s * 8:(s + 1) * 8] = 0
         vg["keep"][s * 8:(s + 1) * 8] = False
+    runs = root.attrs["runs"]
+    runs[-1]["status"] = "running"
+    root.attrs["runs"] = runs
+    vg.attrs["complete"] = False
     resumed = run_filter(lake_copy, cfg, workers=1)
     assert resumed.shards_written == 2 and resumed.shards_skipped == 2
+    runs_after = zarr.open_group(lake_copy, mode="r").attrs["runs"]
+    assert len(runs_after) == len(runs) and all(r["status"] == "complete" for r in runs_after)
+    assert runs_after[-1]["id"] == runs[-1]["id"] and "resumed" in runs_after[-1]
     for k, v in before.items():
         np.testing.assert_array_equal(vg[k][:], v, err_msg=k)
 
