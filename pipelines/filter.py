@@ -126,13 +126,17 @@ def _filter_shard(task: FilterTask) -> dict:
         if monthly is None:
             continue
         t0 = time.perf_counter()
-        data = g["data"][:]  # the area is read once per task
+        years = np.unique(year[members])
+        streamed = len(years) == 1 and task.cfg.reducer == "mean" and not task.cfg.mask_pixels
+        # the default mean streams the area one chunk of dates at a time (composite phase); otherwise it is read
+        # whole, once per task
+        data = g["data"] if streamed else g["data"][:]
         phases["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         clear = (masks.max(axis=1) < task.cfg.min_prob) if task.cfg.mask_pixels else None
         date_year = dates.astype("datetime64[Y]").astype(int) + 1970
         date_month = dates.astype("datetime64[M]").astype(int) % 12
-        for y in np.unique(year[members]):  # months of the patch's own acquisition year
+        for y in years:  # months of the patch's own acquisition year
             sub = members[year[members] == y]
             months = np.where(date_year == y, date_month, -1)
             contiguous = sub[-1] - sub[0] + 1 == sub.size  # the usual case: fill the shard's cube in place

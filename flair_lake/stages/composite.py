@@ -42,7 +42,8 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
     """Return monthly composites of each patch's window and the number of kept dates per month.
 
     Args:
-        data: (T, C, H, W) uint16 super-area reflectance.
+        data: (T, C, H, W) uint16 super-area reflectance: a numpy array, or a zarr array (the default mean reads
+            it one chunk of dates at a time; the other reducers read it whole).
         months: (T,) int month index 0..11 of each date (-1 for dates outside the acquisition year).
         keep: (P, T) bool kept dates of each patch.
         origins: (P, 2) int top-left (row, col) of each patch's window in the area.
@@ -68,6 +69,7 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
         return out, counts
     if reducer == "mean" and clear is None:
         return _mean_by_pattern(data, months, keep, origins, window, out), counts
+    data = np.asarray(data[:]) if not isinstance(data, np.ndarray) else data
     if reducer == "mean":
         out[:] = _mean_by_subtraction(data, months, keep, origins, window, clear)
         return out, counts
@@ -87,16 +89,29 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
     return out, counts
 
 
-def _month_sums(values: np.ndarray, months: np.ndarray) -> np.ndarray:
-    """Return (12, ...) float32 sums of ``values`` (T, ...) per month (dates with month -1 ignored).
+def _month_sums(values, months: np.ndarray, planes: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Return (12, ...) float32 sums of ``values`` (T, ...) per month (dates with month -1 ignored), and a copy of
+    the dates flagged in ``planes`` ({t: values[t]}).
 
     float32 holds every sum exactly: a month has at most 31 dates and 31 * 65535 < 2**24. Dates are added one
-    by one into the month's slice (no gathered copy of the area; the slice stays in cache).
+    by one into the month's slice (no gathered copy). ``values`` may be a zarr array: it is then read one chunk
+    of dates at a time and each chunk is summed while it is in cache, never materialising the whole area
+    (the two cores of a small machine share their memory bandwidth: bytes not moved are the speed-up).
     """
     out = np.zeros((MONTHS, *values.shape[1:]), np.float32)
-    for t in np.flatnonzero(months >= 0):
-        np.add(out[months[t]], values[t], out=out[months[t]])
-    return out
+    kept: dict[int, np.ndarray] = {}
+    wanted = np.flatnonzero(months >= 0)
+    if wanted.size == 0:
+        return out, kept
+    step = values.shape[0] if isinstance(values, np.ndarray) else int(values.chunks[0])
+    for t0 in range(int(wanted[0]) // step * step, int(wanted[-1]) + 1, step):
+        block = values[t0:t0 + step]
+        for t in range(t0, t0 + block.shape[0]):
+            if months[t] >= 0:
+                np.add(out[months[t]], block[t - t0], out=out[months[t]])
+            if planes is not None and planes[t]:
+                kept[t] = np.array(block[t - t0])
+    return out, kept
 
 
 def _patterns(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +136,7 @@ def _mean_by_pattern(data: np.ndarray, months: np.ndarray, keep: np.ndarray, ori
     """
     used = keep.any(axis=0) & (months >= 0)
     months = np.where(used, months, -1)
-    sums = _month_sums(data, months)
+    sums, dropped = _month_sums(data, months, planes=used & ~keep.all(axis=0))  # + dates some patch drops
     for m in np.unique(months[months >= 0]):
         dates = np.flatnonzero(months == m)
         first, group = _patterns(keep[:, dates])
@@ -134,7 +149,7 @@ def _mean_by_pattern(data: np.ndarray, months: np.ndarray, keep: np.ndarray, ori
             r0, r1, c0, c1 = _bbox(origins[members], window)
             box = sums[m, :, r0:r1, c0:c1].copy()
             for t in dates[~pattern]:
-                np.subtract(box, data[t, :, r0:r1, c0:c1], out=box)
+                np.subtract(box, dropped[t][:, r0:r1, c0:c1], out=box)
             np.divide(box, np.float32(n_kept), out=box)  # exact integer sums, one correctly rounded division
             np.rint(box, out=box)  # half to even, as np.rint(np.mean(...))
             windows = np.lib.stride_tricks.sliding_window_view(box.astype(np.uint16), (window, window), axis=(1, 2))
@@ -155,13 +170,13 @@ def _mean_by_subtraction(data: np.ndarray, months: np.ndarray, keep: np.ndarray,
     used = keep.any(axis=0) & (months >= 0)
     months = np.where(used, months, -1)
     p, c = keep.shape[0], data.shape[1]
-    sums = _month_sums(data, months)
+    sums, _ = _month_sums(data, months)
     per_month = keep[:, None, :] & (months[None, None, :] == np.arange(MONTHS)[None, :, None])
     den = np.maximum(per_month.sum(-1), 1).astype(np.float32)[:, :, None, None, None]  # (P, 12, 1, 1, 1)
     if clear is not None:
         masked = data * clear[:, None]  # uint16 * bool: data of clear pixels, 0 elsewhere
         clear = clear[:, None]  # (T, 1, H, W)
-        msums, csums = _month_sums(masked, months), _month_sums(clear, months)
+        (msums, _), (csums, _) = _month_sums(masked, months), _month_sums(clear, months)
     p_idx, t_idx = np.nonzero(~keep & used[None, :])  # dropped dates of each patch, grouped by patch
     bounds = np.searchsorted(p_idx, np.arange(p + 1))
     out = np.zeros((p, MONTHS, c, window, window), np.uint16)
