@@ -154,3 +154,11 @@ def test_unusable_checkpoints_are_one_line_errors(tmp_path, case):
     with pytest.raises(CheckpointError, match=str(path)) as info:
         read_checkpoint(path)
     assert "\n" not in str(info.value) and "train/fit.py" in str(info.value)
+
+
+def test_report_names_keep_fits_own_reports():
+    from flair_lake.training.evaluate import report_tag
+
+    assert report_tag("test", "v1", "v1") == "test"  # fit's own evaluation
+    assert report_tag("test", "v2", "v1") == "test-v2"  # another view: fit's files are not overwritten
+    assert report_tag(["D006_2020", "D004_2021"], "v1", "v1") == "D006_2020+D004_2021"

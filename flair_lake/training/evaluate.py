@@ -103,6 +103,7 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
                                   None if prob is None else (prob[k] * 255).round().to(torch.uint8).cpu().numpy())
     matrix = cm.numpy()
     result = {"checkpoint": str(ckpt), "split": split, "view": loader.dataset.view,
+              "tag": report_tag(split, loader.dataset.view, ck.get("view")),
               "patches": len(loader.dataset), "labelled": labelled,
               "miou": miou(matrix) if labelled else None, "per_class_iou": iou_table(matrix) if labelled else None,
               "confusion_matrix": matrix.tolist()}
@@ -111,9 +112,16 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | No
         if worst:
             from flair_lake.report import plot_examples
 
-            plot_examples(worst, Path(out_dir) / f"examples_{split}.png",
-                          title=f"{split}: the {len(worst)} patches of lowest pixel accuracy")
+            plot_examples(worst, Path(out_dir) / f"examples_{result['tag']}.png",
+                          title=f"{result['tag']}: the {len(worst)} patches of lowest pixel accuracy")
     return result
+
+
+def report_tag(split, view: str | None, trained_view: str | None) -> str:
+    """Return the name part of a split's report files: the split (or its domains joined by '+'), with the
+    view appended when it is not the one the checkpoint was trained on (so fit's own reports are kept)."""
+    tag = split if isinstance(split, str) else "+".join(split)
+    return tag if view == trained_view else f"{tag}-{view}"
 
 
 def _keep_worst(worst: list[dict], k: int, raw: dict, pred: torch.Tensor, truth: torch.Tensor) -> None:
@@ -149,7 +157,7 @@ def _write_prediction(folder: Path, pid: int, pred: np.ndarray, gdal_transform, 
 def write_reports(result: dict, out: Path) -> None:
     """Write metrics JSON, per-class IoU CSV, the confusion matrix CSV and its row-normalised plot."""
     out.mkdir(parents=True, exist_ok=True)
-    tag = result["split"]
+    tag = result.get("tag") or report_tag(result["split"], None, None)
     (out / f"metrics_{tag}.json").write_text(json.dumps(result, indent=1))
     if not result["labelled"]:
         return
