@@ -128,7 +128,7 @@ class FilterConfig:
     mask_pixels: bool = False  # average only the clear pixels of each kept date
     skip_empty_months: bool = False  # baseline: T' = months with a clear date (dense cube keeps 12 either way)
     ref_year: int | None = None  # year of the 15 May reference of month day offsets; None: acquisition year
-    codec: str = "lz4"  # of the monthly cube: blosc-lz4 + shuffle writes 2.4x and decodes ~3x faster than zstd
+    codec: str = "lz4"  # of the monthly cube: blosc-lz4 + bitshuffle writes 2.4x and decodes ~3x faster than zstd
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_cover <= 1.0:
