@@ -278,9 +278,14 @@ def valid_rows(root: zarr.Group) -> np.ndarray:
     return np.flatnonzero(root[STATUS_ARRAY][:] == STATUS_OK)
 
 
+def marker_name(shard: int) -> str:
+    """Return the name of shard ``shard``'s completion marker inside its ``done`` group."""
+    return f"s{shard:07d}"
+
+
 def shard_marker(shard: int, prefix: str = schema.DONE_GROUP) -> str:
     """Return the path of the completion marker of shard ``shard`` (patch arrays, or a view's ``prefix``)."""
-    return f"{prefix}/s{shard:07d}"
+    return f"{prefix}/{marker_name(shard)}"
 
 
 def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -> dict | None:

@@ -165,17 +165,10 @@ def _filter_shard(task: FilterTask) -> dict:
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
-def _area_sizes(root) -> dict[str, int]:
-    """Return each super-area's number of values per band (dates x rows x cols)."""
+def _area_shapes(root) -> dict[str, tuple[int, ...]]:
+    """Return the shape (dates, bands, rows, cols) of each super-area's data, from one pass over the areas."""
     sen = root.get(schema.SENTINEL_GROUP)
-    return {name: math.prod(g["data"].shape) // 10 for name, g in sen.groups()} if sen is not None else {}
-
-
-def _t_max(root) -> int:
-    """Return the largest number of dates of any super-area."""
-    sen = root.get(schema.SENTINEL_GROUP)
-    ts = [int(g["dates"].shape[0]) for _, g in sen.groups()] if sen is not None else []
-    return max(ts, default=0)
+    return {name: tuple(g["data"].shape) for name, g in sen.groups()} if sen is not None else {}
 
 
 def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int, window: int) -> None:
@@ -232,7 +225,8 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     t0 = time.perf_counter()
     root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
     check_scheduler(scheduler)
-    t_max = _t_max(root)
+    shapes = _area_shapes(root)
+    t_max = max((shape[0] for shape in shapes.values()), default=0)
     if t_max == 0:
         raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
                              "its flair_sen_* folders")
@@ -253,18 +247,20 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     status = coords[lk.STATUS_ARRAY]
     summary = FilterSummary(lake=lake, view=name)
     tasks = []
+    done = root.get(f"{path}/done")  # one listing of the markers instead of a look-up per shard
+    finished = {name for name, _ in done.groups()} if done is not None else set()
     for s in range(math.ceil(n / per_shard)):
         a, b = s * per_shard, min((s + 1) * per_shard, n)
         if not (status[a:b] == lk.STATUS_OK).any():
             continue
-        if lk.read_marker(root, s, f"{path}/done") is not None:
+        if lk.marker_name(s) in finished:
             summary.shards_skipped += 1
             continue
         tasks.append(FilterTask(lake, name, s, (a, b), cfg, t_max, window, storage_options,
                                 {k: v[a:b] for k, v in coords.items()}))
     if len(tasks) > 1:  # largest first (a task's time follows the size of the areas it reads): fewer idle workers
-        zone, sizes = coords["zone"], _area_sizes(root)
-        area_size = np.array([sizes.get(a, 0) for a in root.attrs["areas"]], np.int64)
+        zone = coords["zone"]
+        area_size = np.array([math.prod(shapes.get(a, (0,))) for a in root.attrs["areas"]], np.int64)
         tasks.sort(key=lambda t: -int(area_size[np.unique(zone[t.rows[0]:t.rows[1]])].sum()))
     vg = root[path]
     if not tasks and vg.attrs.get("complete"):
