@@ -70,7 +70,8 @@ def main() -> None:
 
     dask.config.set(worker_dask_config())  # the LocalCluster below gets what `dask_client` gives its workers
     with tempfile.TemporaryDirectory() as tmp, \
-            LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=":0",
+            LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True,
+                         dashboard_address=":0",
                          env=dict(WORKER_ENV)) as cluster, Client(cluster):
         lake = str(Path(tmp) / "lake.zarr")
         ingest(raw, lake, IngestConfig(scheduler=cluster.scheduler_address, codec=args.codec), progress=False)

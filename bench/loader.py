@@ -72,7 +72,8 @@ def main() -> None:
                 raw_ds, batch_size=10, shuffle=True, num_workers=w, collate_fn=collate,
                 **({"multiprocessing_context": "forkserver", "persistent_workers": True} if w else {}))
             lake_rate, raw_rate = rate(lake_loader, args.batches), rate(raw_loader, args.batches)
-            print(f"workers={w} as processes: lake loader {lake_rate:.0f} samples/s, raw per-sample reader {raw_rate:.0f} "
+            print(f"workers={w} as processes: lake loader {lake_rate:.0f} samples/s, "
+                  f"raw per-sample reader {raw_rate:.0f} "
                   f"samples/s, ratio {lake_rate / raw_rate:.2f}x", flush=True)
 
 

@@ -116,7 +116,8 @@ def _storage_options(pairs: tuple[str, ...]) -> dict | None:
 @click.argument("lake", default=config.default_lake)
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port); default: a "
               "LocalCluster sized to this machine.")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster (default: one per core).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--codec", type=click.Choice(config.CODECS), default=config.IngestConfig.codec, show_default=True,
               help="Compression of the image arrays (lz4 or none decode faster on a 2-core trainer).")
 @click.option("--sentinel-codec", type=click.Choice(config.CODECS), default=config.IngestConfig.sentinel_codec,
@@ -131,7 +132,8 @@ def _storage_options(pairs: tuple[str, ...]) -> dict | None:
               help="flair-2_centroids_sp_to_patch.json when it is not next to the tree.")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
-def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path, centroids_path, storage_option):
+def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path,
+           centroids_path, storage_option):
     """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default ./lake.zarr).
 
     \b
@@ -141,7 +143,8 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
     """
     from pipelines.ingest import ingest as run_ingest
 
-    cfg = config.IngestConfig(codec=codec, sentinel_codec=sentinel_codec, sat_window=sat_window, workers=workers, scheduler=scheduler,
+    cfg = config.IngestConfig(codec=codec, sentinel_codec=sentinel_codec, sat_window=sat_window, workers=workers,
+                              scheduler=scheduler,
                               patches_per_shard=patches_per_shard)
     summary = run_ingest(raw, lake, cfg, metadata_path=metadata_path, centroids_path=centroids_path,
                          storage_options=_storage_options(storage_option))
@@ -173,7 +176,8 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
 @click.option("--name", help="View name (default: derived from the parameters).")
 @click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port).")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the LocalCluster (default: one per core).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
 def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, name, overwrite,

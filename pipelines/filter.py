@@ -179,7 +179,8 @@ def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int,
     if vg is None:
         vg = root.create_group(path)
         vg.attrs.update({"params": dataclasses.asdict(cfg), "window": window, "complete": False,
-                         "created": lk.now_iso(), "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
+                         "created": lk.now_iso(),
+                         "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
         z = lk.compressors("zstd")
         vg.create_array("cover", shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
                         compressors=z, dimension_names=(schema.PATCH_DIM, "date"),

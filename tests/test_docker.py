@@ -158,7 +158,8 @@ def test_s3_urls_name_the_created_bucket_and_users_have_credentials():
     # the Dask workers open the lake inside their tasks: they need the credentials too
     openers = set(users) | {n for n, s in SERVICES.items() if _command(s)[:2] == ["dask", "worker"]}
     for name in openers:
-        assert set(users.get(name, set())) <= buckets, f"{name} uses buckets {users[name]}, {bucket_svc} makes {buckets}"
+        assert set(users.get(name, set())) <= buckets, \
+            f"{name} uses buckets {users[name]}, {bucket_svc} makes {buckets}"
         env = _env(SERVICES[name])
         assert all(env.get(k) for k in AWS_VARS), f"{name} lacks {[k for k in AWS_VARS if not env.get(k)]}"
         host = re.match(r"https?://([^:/]+)", env["AWS_ENDPOINT_URL"]).group(1)

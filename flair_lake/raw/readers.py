@@ -39,7 +39,8 @@ def read_geotiff(path: Path, *, bands: int, size: int) -> tuple[np.ndarray, tupl
             epsg = src.crs.to_epsg() if src.crs else 0
             return arr, tuple(src.transform.to_gdal()), int(epsg or 0)
     except RasterioError as exc:
-        raise RawFormatError(f"{path}: unreadable or truncated GeoTIFF ({exc}); re-download the file and ingest again") from None
+        raise RawFormatError(f"{path}: unreadable or truncated GeoTIFF ({exc}); re-download the file and "
+                             "ingest again") from None
 
 
 def read_sentinel_area(data: Path, masks: Path, products: Path

@@ -3,11 +3,12 @@
 Patches of one super-area overlap heavily and usually keep the same dates of a month, so a monthly mean is
 computed once per month and distinct keep pattern of that month's dates: the area's month sum over the bounding
 box of the pattern's windows, minus the few dates the pattern drops, divided once and cut into each member's
-window. One pass over the area plus work proportional to the distinct patterns (a few per month). Sums are exact integers in float32 (a month holds at most 31
-dates: 31 * 65535 < 2**24), divided once in float32, which rounds exactly like ``np.rint(np.mean(...))`` (half to
-even): a tie k + 1/2 is representable, and any other quotient is at least 1/62 away from a half, far beyond
-float32's error below 65536 (2**-9). Medians are computed once per distinct keep-set over the bounding box of
-its windows.
+window. One pass over the area (streamed one chunk of dates at a time when it comes from the lake) plus work
+proportional to the distinct patterns (a few per month). Sums are exact integers in float32 (a month holds at
+most 31 dates: 31 * 65535 < 2**24), divided once in float32, which rounds exactly like ``np.rint(np.mean(...))``
+(half to even): a tie k + 1/2 is representable, and any other quotient is at least 1/62 away from a half, far
+beyond float32's error below 65536 (2**-9). Medians are computed once per distinct keep-set over the bounding
+box of its windows.
 """
 
 from __future__ import annotations
