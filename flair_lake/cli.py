@@ -5,6 +5,7 @@ Heavy imports live inside the commands so that ``flair-lake --help`` stays insta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -173,6 +174,8 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
 @click.option("--preset", type=click.Choice(["baseline"]), help="baseline: the released FLAIR #2 code exactly "
               "(prob >= 60, summed snow + cloud counts, cover >= 0.5 dropped, unmasked monthly mean, empty "
               "months skipped, day offsets to 15 May 2021).")
+@click.option("--codec", type=click.Choice(config.CODECS), default=config.FilterConfig.codec, show_default=True,
+              help="Compression of the monthly cube: lz4 decodes fastest for the loader, zstd is ~3 % smaller.")
 @click.option("--name", help="View name (default: derived from the parameters).")
 @click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:port).")
@@ -180,7 +183,7 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
               help="Worker processes of the LocalCluster (default: one per core).")
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for the object store.")
 @_handle_errors
-def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, name, overwrite,
+def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, codec, name, overwrite,
                scheduler, workers, storage_option):
     """Drop cloudy and snowy dates and build monthly composites, once, as a named view in LAKE.
 
@@ -197,9 +200,9 @@ def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels
                      "reducer": "--reducer", "mask_pixels": "--mask-pixels"}
             raise click.UsageError(f"--preset baseline fixes every threshold; drop "
                                    f"{', '.join(flags[k] for k in sorted(given))}")
-        cfg = config.FilterConfig.baseline()
+        cfg = dataclasses.replace(config.FilterConfig.baseline(), codec=codec)
     else:
-        cfg = config.FilterConfig(**given)
+        cfg = config.FilterConfig(**given, codec=codec)
     summary = run_filter(lake, cfg, name=name, overwrite=overwrite, scheduler=scheduler, workers=workers,
                          storage_options=_storage_options(storage_option))
     for line in summary.lines():

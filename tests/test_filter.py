@@ -216,3 +216,18 @@ def test_pictures_default_to_the_latest_view_with_a_monthly_cube(tmp_path):
     assert lk.resolve_view(root, "l.zarr", "old-cube", monthly=True) == "old-cube"
     with pytest.raises(LakeStateError, match="views: dates-only, new-cube, old-cube"):
         lk.resolve_view(root, "l.zarr", "nope")
+
+
+def test_cube_codec_is_storage_not_semantics(lake_copy):
+    runner = CliRunner()
+    res = runner.invoke(main, ["filter", lake_copy, "--preset", "baseline", "--codec", "zstd", "--workers", "1"])
+    assert res.exit_code == 0 and "view baseline" in res.output, res.output
+    res = runner.invoke(main, ["filter", lake_copy, "--monthly", "--name", "lz4", "--preset", "baseline",
+                               "--workers", "1"])
+    assert res.exit_code == 2  # --monthly with the preset
+    assert runner.invoke(main, ["filter", lake_copy, "--preset", "baseline", "--name", "lz4",
+                                "--workers", "1"]).exit_code == 0
+    views = zarr.open_group(lake_copy, mode="r")["views"]
+    assert views["baseline/monthly"].compressors[0].cname.value == "zstd"
+    assert views["lz4/monthly"].compressors[0].cname.value == "lz4"
+    np.testing.assert_array_equal(views["baseline/monthly"][:], views["lz4/monthly"][:])
