@@ -5,6 +5,7 @@ Heavy imports live inside the commands so that ``flair-lake --help`` stays insta
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import json
@@ -17,6 +18,16 @@ from flair_lake import config, schema
 from flair_lake.errors import FlairLakeError
 
 
+def _quiet_at_exit() -> None:
+    """Silence the interpreter's reports of exceptions it cannot raise, for the rest of the exit.
+
+    The reads a failed store left pending (an unreachable object store: dozens of them) are closed when the
+    interpreter exits, each printing "Exception ignored in: <coroutine ...>"; the one error line already said
+    what went wrong. Registered with atexit, so an in-process caller (tests, notebooks) keeps its own hook.
+    """
+    sys.unraisablehook = lambda _unraisable: None
+
+
 def _handle_errors(fn):
     """Turn :class:`FlairLakeError` into one clean line on stderr and its exit code (traceback with -v)."""
 
@@ -24,14 +35,19 @@ def _handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except json.JSONDecodeError as exc:  # a damaged zarr.json below the root (the root's is caught on open)
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            lake = kwargs.get("lake") or "the lake"
+            click.echo(f"error: a metadata file (zarr.json) of {lake} is damaged ({exc}); "
+                       f"`flair-lake validate {lake}` names it and `--repair` fixes what it can", err=True)
+            atexit.register(_quiet_at_exit)
+            sys.exit(1)
         except FlairLakeError as exc:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             click.echo(f"error: {exc}", err=True)
-            # the reads a failed store left pending (an unreachable object store: dozens of them) are closed
-            # when the interpreter exits, each printing "Exception ignored in: <coroutine ...>": the one line
-            # above already says what went wrong
-            sys.unraisablehook = lambda _unraisable: None
+            atexit.register(_quiet_at_exit)
             sys.exit(exc.exit_code)
 
     return wrapper

@@ -355,3 +355,17 @@ def test_run_report(tmp_path):
     assert imread(paths[0]).shape[:2] == (400, 1000)
     with pytest.raises(UsageError, match="no log.csv"):
         render_run(tmp_path / "empty")
+
+
+def test_a_damaged_array_metadata_file_is_one_line_from_any_command(lake, tmp_path):
+    copy = tmp_path / "lake.zarr"
+    shutil.copytree(lake, copy)
+    meta = copy / "aerial" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+    for args in (["info", str(copy)], ["preview", str(copy), "--random", "1", "-o", str(tmp_path / "p.png")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "zarr.json" in lines[0] and f"flair-lake validate {copy}" in lines[0]
+    res = CliRunner().invoke(main, ["validate", str(copy)])
+    assert res.exit_code == 4 and "aerial/zarr.json is corrupt" in res.output
