@@ -15,7 +15,7 @@ import sys
 import click
 
 from flair_lake import config, schema
-from flair_lake.errors import FlairLakeError
+from flair_lake.errors import CorruptMetadataError, FlairLakeError
 
 
 def _quiet_at_exit() -> None:
@@ -35,17 +35,13 @@ def _handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except json.JSONDecodeError as exc:  # a damaged zarr.json below the root (the root's is caught on open)
+        except (FlairLakeError, json.JSONDecodeError) as exc:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
-            lake = kwargs.get("lake") or "the lake"
-            click.echo(f"error: a metadata file (zarr.json) of {lake} is damaged ({exc}); "
-                       f"`flair-lake validate {lake}` names it and `--repair` fixes what it can", err=True)
-            atexit.register(_quiet_at_exit)
-            sys.exit(1)
-        except FlairLakeError as exc:
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
+            if isinstance(exc, json.JSONDecodeError):  # a damaged zarr.json below the root (the root's: on open)
+                lake = kwargs.get("lake") or "the lake"
+                exc = CorruptMetadataError(f"a metadata file (zarr.json) of {lake} is damaged ({exc}); "
+                                           f"`flair-lake validate {lake}` names it and `--repair` fixes what it can")
             click.echo(f"error: {exc}", err=True)
             atexit.register(_quiet_at_exit)
             sys.exit(exc.exit_code)

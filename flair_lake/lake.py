@@ -125,9 +125,10 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
         raise err or LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") \
             from None
     except ValueError as exc:  # JSONDecodeError and zarr's metadata errors: the root zarr.json is damaged
-        raise CorruptMetadataError(f"{lake}/zarr.json is not valid Zarr metadata ({str(exc).splitlines()[0][:120]}); "
-                             f"`flair-lake validate {lake} --repair` fixes padding, otherwise restore the file "
-                             "from a backup") from None
+        first = str(exc).splitlines()[0][:120]
+        raise CorruptMetadataError(f"{lake}/zarr.json is not valid Zarr metadata ({first}); `flair-lake validate "
+                                   f"{lake} --repair` fixes padding, otherwise restore the file from a backup"
+                                   ) from None
     attrs = group.attrs.asdict()
     if attrs.get("format") != FORMAT_NAME:
         raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "
@@ -296,16 +297,16 @@ def read_marker(root: zarr.Group, shard: int, prefix: str = schema.DONE_GROUP) -
         return None
 
 
-def resolve_view(root: zarr.Group, lake: str, view: str | None, *, required: bool = False,
-                 complete: bool = False, monthly: bool = False) -> str | None:
+def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: bool = False,
+                 monthly: bool = False) -> str | None:
     """Return the view to read: ``view`` when given (checked), else the latest one (None when there is none).
 
     With ``monthly``, the default is the latest view that has a monthly cube (the most recently updated one
     when the latest view has none).
 
     Raises:
-        LakeStateError: ``view`` does not exist (the message lists the views), none exists and ``required``, or
-            ``complete`` is asked and the view was left unfinished.
+        LakeStateError: ``view`` does not exist (the message lists the views), or ``complete`` is asked and the
+            view was left unfinished.
     """
     vg = root.get(schema.VIEWS_GROUP)
     names = sorted(n for n, _ in vg.groups()) if vg is not None else []
@@ -317,8 +318,6 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, required: boo
             cubes = [n for n in names if vg[n].attrs.get("params", {}).get("monthly")]
             view = max(cubes, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
                        default=view)
-        if view is None and required:
-            raise LakeStateError(f"{lake} has no view; build one with `flair-lake filter {lake} --monthly`")
     elif view not in names:
         raise LakeStateError(f"view {view!r} is not in {lake}; views: {', '.join(names) or 'none'} "
                              "(build one with `flair-lake filter --monthly`)")
@@ -334,19 +333,19 @@ def zarrs_available() -> bool:
     return importlib.util.find_spec("zarrs") is not None
 
 
-def rust_codecs(lake: str, enabled: bool | None = None):
-    """Return a context in which arrays opened use the zarrs (Rust) codec pipeline.
+ZARRS_PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}  # zarr config of the Rust codec pipeline
+
+
+def rust_codecs(lake: str):
+    """Return a context in which arrays opened use the zarrs (Rust) codec pipeline, when it is installed.
 
     Measured (LAKE_NOTES §3, README): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
-    zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline. ``enabled=None``
-    means "when installed".
+    zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline.
     """
     import contextlib
 
-    if enabled is None:
-        enabled = zarrs_available()
-    if enabled and not is_url(lake):
-        return zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+    if zarrs_available() and not is_url(lake):
+        return zarr.config.set(ZARRS_PIPELINE)
     return contextlib.nullcontext()
 
 

@@ -39,8 +39,6 @@ from flair_lake.errors import CorruptMetadataError, FlairLakeError, LakeStateErr
 EXIT_INVALID = 4
 EXAMPLE_IDS = 5  # patch ids quoted per problem
 METADATA = "zarr.json"
-# what one ingest task (pipelines.ingest.write_patch_shard) writes for its shard's rows, before its marker
-SHARD_TASK_ARRAYS = lk.SHARD_TASK_ARRAYS
 _PADDING = b"\0 \t\r\n"
 _MARKER = re.compile(rf"^({schema.DONE_GROUP}|{schema.VIEWS_GROUP}/[^/]+/done)/s(\d{{7}})$")
 _FETCH_CONCURRENCY = 64  # metadata documents read at once (object stores)
@@ -339,7 +337,7 @@ class _Checker:
             return text, None
         reopen = "" if run.get("status") == "running" else f" and sets run {run.get('id')} back to running"
         text = (f"`flair-lake validate {self.lake}{' --deep' if deep else ''} --repair` (deletes shard {shard} of "
-                f"{', '.join(SHARD_TASK_ARRAYS)} and its marker {self.lake}/{lk.shard_marker(shard)}{reopen}), "
+                f"{', '.join(lk.SHARD_TASK_ARRAYS)} and its marker {self.lake}/{lk.shard_marker(shard)}{reopen}), "
                 f"then `{self.ingest_cmd(run.get('raw', 'RAW'))}`")
         return text, ("shard", shard)
 
@@ -743,7 +741,7 @@ def _repair(c: _Checker, storage_options: dict | None) -> None:
         try:
             _delete_node(root.store, marker)
             # status first: no row says "ingested" once its pixels are gone; it reads 0 (empty) until re-ingested
-            order = (lk.STATUS_ARRAY, *(n for n in SHARD_TASK_ARRAYS if n != lk.STATUS_ARRAY))
+            order = (lk.STATUS_ARRAY, *(n for n in lk.SHARD_TASK_ARRAYS if n != lk.STATUS_ARRAY))
             arrays = [(name, root[name]) for name in order]
             names = _delete_blocks(c, arrays, s)
         except Exception as exc:  # noqa: BLE001 - store errors have no common base; reported, exit 4

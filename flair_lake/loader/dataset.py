@@ -100,7 +100,7 @@ class LakeDataset(torch.utils.data.Dataset):
             import zarr
 
             if self.use_zarrs:  # the Rust codec pipeline: safe here, workers are forkserver/spawn processes
-                zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+                zarr.config.set(lk.ZARRS_PIPELINE)
 
             root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
             arrays = {"aerial": root["aerial"], "label": root["label"]}

@@ -157,7 +157,7 @@ def _write_prediction(folder: Path, pid: int, pred: np.ndarray, gdal_transform, 
 def write_reports(result: dict, out: Path) -> None:
     """Write metrics JSON, per-class IoU CSV, the confusion matrix CSV and its row-normalised plot."""
     out.mkdir(parents=True, exist_ok=True)
-    tag = result.get("tag") or report_tag(result["split"], None, None)
+    tag = result["tag"]
     (out / f"metrics_{tag}.json").write_text(json.dumps(result, indent=1))
     if not result["labelled"]:
         return
