@@ -6,7 +6,7 @@ Click options and function signatures read their defaults from here; nothing els
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flair_lake import schema
 from flair_lake.errors import UsageError
@@ -141,6 +141,10 @@ class FilterConfig:
             raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
         if self.codec not in CODECS:
             raise UsageError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+
+    def is_baseline(self) -> bool:
+        """Return True for the released baseline's semantics, whatever the cube's codec (storage only)."""
+        return replace(self, codec=FilterConfig.codec) == FilterConfig.baseline()
 
     @classmethod
     def baseline(cls) -> "FilterConfig":

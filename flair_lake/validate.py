@@ -360,12 +360,14 @@ def _filter_flags(name: str, params: dict) -> str:
         cfg = FilterConfig(**params)
     except (TypeError, FlairLakeError):
         return f"--name {name} --overwrite"
-    if cfg == FilterConfig.baseline():
+    if cfg.is_baseline():
         flags = "--preset baseline"
     else:
         flags = f"--cloud {cfg.max_cover:g} --prob {cfg.min_prob:g} --combine {cfg.combine}"
         if cfg.monthly:
             flags += f" --monthly --reducer {cfg.reducer}" + (" --mask-pixels" if cfg.mask_pixels else "")
+    if cfg.codec != FilterConfig.codec:
+        flags += f" --codec {cfg.codec}"
     from pipelines.filter import view_name
 
     return flags + ("" if view_name(cfg) == name else f" --name {name}")

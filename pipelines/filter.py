@@ -32,7 +32,7 @@ MONTHLY_LEVEL = 1  # with --codec zstd: blosc-zstd level 1 encodes fastest for t
 
 def view_name(cfg: FilterConfig) -> str:
     """Return the default name of the view a configuration produces (stable, readable)."""
-    if dataclasses.replace(cfg, codec=FilterConfig.codec) == FilterConfig.baseline():  # the codec is storage only
+    if cfg.is_baseline():
         return BASELINE_VIEW
     name = f"cloud{cfg.max_cover:g}-prob{cfg.min_prob:g}-{cfg.combine}"
     if cfg.monthly:

@@ -231,3 +231,16 @@ def test_cube_codec_is_storage_not_semantics(lake_copy):
     assert views["baseline/monthly"].compressors[0].cname.value == "zstd"
     assert views["lz4/monthly"].compressors[0].cname.value == "lz4"
     np.testing.assert_array_equal(views["baseline/monthly"][:], views["lz4/monthly"][:])
+
+
+def test_validate_rebuilds_a_view_with_its_cube_codec():
+    import dataclasses
+
+    from flair_lake.validate import _filter_flags
+    from pipelines.filter import view_name
+
+    zstd_baseline = dataclasses.replace(FilterConfig.baseline(), codec="zstd")
+    assert zstd_baseline.is_baseline() and view_name(zstd_baseline) == "baseline"
+    assert _filter_flags("baseline", dataclasses.asdict(zstd_baseline)) == "--preset baseline --codec zstd"
+    cfg = FilterConfig(monthly=True, codec="none")
+    assert _filter_flags(view_name(cfg), dataclasses.asdict(cfg)).endswith("--monthly --reducer mean --codec none")
