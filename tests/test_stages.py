@@ -120,3 +120,14 @@ def test_composites_fill_a_given_buffer_in_place(seed):
     np.testing.assert_array_equal(cube[1:-1], expect)
     np.testing.assert_array_equal(got_counts, counts)
     assert not cube[0].any() and not cube[-1].any()
+
+
+def test_training_classes_follow_the_baseline_table():
+    """Raw codes 1..12 become classes 0..11 and every other code (0, 13..255) becomes 'other' (12)."""
+    from flair_lake import schema
+
+    table = {code: code - 1 if 1 <= code <= 12 else schema.OTHER_CLASS for code in range(256)}
+    raw = np.arange(256, dtype=np.uint8)
+    assert schema.to_train_classes(raw).tolist() == [table[c] for c in range(256)]
+    assert schema.to_train_classes(raw).dtype == np.uint8
+    assert raw.tolist() == list(range(256))  # the input is not modified

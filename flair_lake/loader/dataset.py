@@ -87,7 +87,6 @@ class LakeDataset(torch.utils.data.Dataset):
         self.year = cols["year"][r]
         self.areas = list(root.attrs["areas"])
         self.band_stats = root.attrs.get("band_stats", {})
-        self._lut = schema.train_class_lut()
         self._arrays = None
         self._pid = None
 
@@ -109,7 +108,9 @@ class LakeDataset(torch.utils.data.Dataset):
                 arrays["keep"] = vg["keep"]
                 arrays["n_dates"] = vg["n_dates"]
                 if self.monthly:
-                    arrays.update(monthly=vg["monthly"], month_count=vg["month_count"], month_days=vg["month_days"])
+                    # (patch, 12) tables of a few bytes per patch: read whole once, not one chunk per sample
+                    arrays.update(monthly=vg["monthly"], month_count=vg["month_count"][:],
+                                  month_days=vg["month_days"][:])
             self._root, self._arrays, self._pid = root, arrays, os.getpid()
         return self._arrays
 
@@ -146,11 +147,15 @@ class LakeDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         rows = [int(self.rows[i]) for i in indices]
-        names = ["aerial", "label"] + (["monthly", "month_count", "month_days"] if self.monthly else [])
+        names = ["aerial", "label"] + (["monthly"] if self.monthly else [])
         got = self._gather(names, rows)
+        if self.monthly:
+            arrays = self._open()
+            got["month_count"] = arrays["month_count"][rows]
+            got["month_days"] = arrays["month_days"][rows]
         out = []
         for k, i in enumerate(indices):
-            label = self._lut[got["label"][k]] if self.has_label[i] else \
+            label = schema.to_train_classes(got["label"][k]) if self.has_label[i] else \
                 np.full((self.patch_size,) * 2, schema.IGNORE_LABEL, np.uint8)
             if self.monthly:
                 count = got["month_count"][k]

@@ -40,7 +40,6 @@ class RawBaselineDataset(torch.utils.data.Dataset):
                                if split is None or schema.official_split(f.domain) == split)
         self.ids = list(patch_ids)
         self.max_cover, self.min_prob = max_cover, min_prob
-        self._lut = schema.train_class_lut()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,7 +49,7 @@ class RawBaselineDataset(torch.utils.data.Dataset):
         with rasterio.open(pf.image) as src:
             aerial = src.read()
         with rasterio.open(pf.label) as src:
-            label = self._lut[src.read(1)].astype(np.int64)
+            label = schema.to_train_classes(src.read(1)).astype(np.int64)
         area = self.tree.areas[pf.area]
         r, c = pf.centroid
         h = schema.S2_WINDOW // 2
