@@ -110,13 +110,15 @@ def run_tasks(jobs, *, scheduler: str | None, workers: int | None, threads_per_w
               desc: str, progress: bool | None = None):
     """Map ``(function, tasks)`` jobs over a cluster (``dask_client``) and yield each result as it completes.
 
-    Tasks own whole shards and overwrite them, so Dask's retries are safe. A progress bar counts tasks.
+    The jobs run in the order given (Dask priorities: put the longest tasks first, so the short ones fill the
+    tail). Tasks own whole shards and overwrite them, so Dask's retries are safe. A progress bar counts tasks.
     """
     from distributed import as_completed
     from tqdm import tqdm
 
     with dask_client(scheduler, workers, threads_per_worker) as client:
-        futures = [f for fn, tasks in jobs for f in client.map(fn, tasks, pure=False, retries=1)]
+        futures = [f for i, (fn, tasks) in enumerate(jobs)
+                   for f in client.map(fn, tasks, pure=False, retries=1, priority=len(jobs) - i)]
         with tqdm(total=len(futures), desc=desc, unit="task",
                   disable=None if progress is None else not progress) as bar:
             for fut in as_completed(futures):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 STATS_STEP = 4  # band statistics are sampled every 4th row and column
+# FLAIR's GeoTIFFs are uncompressed and pixel-interleaved: GDAL maps them and copies the pixels straight into the
+# shard buffer, past its block cache (64 aerial patches: 0.155 -> 0.097 s; compressed files ignore the option).
+# GTIFF_DIRECT_IO is as fast but zero-fills a truncated file without an error; this one reports it.
+GDAL_READ_OPTIONS = {"GTIFF_VIRTUAL_MEM_IO": "YES"}
 _EPOCH, _EPOCH_DT = dt.date(1970, 1, 1), dt.datetime(1970, 1, 1)
 
 
@@ -94,22 +99,21 @@ def write_patch_shard(task: ShardTask) -> dict:
     import zarr
 
     n, p = len(task.items), task.patch_size
-    aerial = np.zeros((n, 5, p, p), np.uint8)
-    label = np.zeros((n, p, p), np.uint8)
+    aerial, label = _shard_buffers(n, p)
     transform = np.full((n, 6), np.nan)
     epsg = np.zeros(n, np.int32)
     status = np.full(n, lk.STATUS_OK, np.uint8)
     bad: dict[str, str] = {}
-    with rasterio.Env():  # one GDAL environment for the whole shard, not one per file
+    with rasterio.Env(**GDAL_READ_OPTIONS):  # one GDAL environment for the whole shard, not one per file
         _read_items(task.items, p, aerial, label, transform, epsg, status, bad)
     ok = status == lk.STATUS_OK
     # normalisation statistics from a 1-in-16 pixel grid: as good for mean and std, 16x cheaper
     grid = aerial[:, :, ::STATS_STEP, ::STATS_STEP][ok].astype(np.float32)
     sums = grid.sum(axis=(0, 2, 3), dtype=np.float64)
     sq = np.square(grid).sum(axis=(0, 2, 3), dtype=np.float64)
-    root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
     rows = slice(task.row0, task.row0 + n)
-    with lk.fast_writes():
+    with lk.rust_codecs(task.lake), lk.fast_writes():  # encoded in Rust (local lakes)
+        root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
         root["aerial"][rows] = aerial
         root["label"][rows] = label
         root["transform"][rows] = transform
@@ -121,13 +125,31 @@ def write_patch_shard(task: ShardTask) -> dict:
     return {"shard": task.shard, **report}
 
 
+_BUFFERS = threading.local()
+
+
+def _shard_buffers(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (aerial (n,5,p,p), label (n,p,p)) uint8 buffers kept by this worker thread between shard tasks.
+
+    Every row is overwritten by the task (read, or zeroed when bad or unlabelled). A fresh 100 MB buffer per
+    task is a fresh mmap whose pages the kernel must fault in and zero again (measured: 5% of the ingest's CPU
+    in ``clear_page`` on the 2-core machine); a kept one is already mapped.
+    """
+    buf = getattr(_BUFFERS, "arrays", None)
+    if buf is None or buf[0].shape[0] < n or buf[0].shape[2] != p:
+        buf = _BUFFERS.arrays = (np.empty((n, 5, p, p), np.uint8), np.empty((n, p, p), np.uint8))
+    return buf[0][:n], buf[1][:n]
+
+
 def _read_items(items, p, aerial, label, transform, epsg, status, bad) -> None:
     """Fill the shard buffers from the GeoTIFFs; a bad patch is zeroed, flagged 2 and reported."""
     for i, (pid, img, msk) in enumerate(items):
         try:
-            aerial[i], gt, epsg[i] = read_geotiff(Path(img), bands=5, size=p)
+            _, gt, epsg[i] = read_geotiff(Path(img), bands=5, size=p, out=aerial[i])
             if msk is not None:
-                label[i], _, _ = read_geotiff(Path(msk), bands=1, size=p)
+                read_geotiff(Path(msk), bands=1, size=p, out=label[i])
+            else:
+                label[i] = 0  # an unlabelled split: the label rows hold zeros
             transform[i] = gt
         except RawFormatError as exc:
             aerial[i], label[i], status[i] = 0, 0, lk.STATUS_QUARANTINED
@@ -161,7 +183,7 @@ def write_area(task: AreaTask) -> dict:
               (tc, 2, h, w), {}),
              ("dates", days, ("date",), (), (max(t, 1),),
               {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"}))
-    with lk.fast_writes():
+    with lk.rust_codecs(task.lake), lk.fast_writes():
         for name, values, dims, comps, chunks, attrs in specs:
             g.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0,
                            compressors=comps, overwrite=True, dimension_names=dims, attributes=attrs)[...] = values
@@ -411,7 +433,8 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
     """Map the super-area and shard tasks over the cluster, counting what was written."""
     from pipelines.cluster import run_tasks
 
-    for res in run_tasks([(write_area, area_tasks), (write_patch_shard, shard_tasks)], scheduler=cfg.scheduler,
+    # longest first: the shard tasks (~0.5 s each) go before the super-areas (~0.15 s), which fill the tail
+    for res in run_tasks([(write_patch_shard, shard_tasks), (write_area, area_tasks)], scheduler=cfg.scheduler,
                          workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, desc="ingest",
                          progress=progress):
         if "shard" in res:

@@ -11,13 +11,15 @@ from flair_lake.errors import RawFormatError
 from flair_lake.raw import names
 
 
-def read_geotiff(path: Path, *, bands: int, size: int) -> tuple[np.ndarray, tuple[float, ...], int]:
+def read_geotiff(path: Path, *, bands: int, size: int, out: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, tuple[float, ...], int]:
     """Read a uint8 GeoTIFF and check it.
 
     Args:
         path: the file.
         bands: expected band count (5 aerial, 1 label).
         size: expected width and height.
+        out: a (bands, size, size) uint8 array to read into (no intermediate copy); a new one when None.
 
     Returns:
         (array (bands, size, size) uint8, GDAL geotransform, EPSG code or 0).
@@ -35,7 +37,7 @@ def read_geotiff(path: Path, *, bands: int, size: int) -> tuple[np.ndarray, tupl
                 raise RawFormatError(f"{path}: expected {bands} band(s) of uint8 {size}x{size}, got "
                                      f"{src.count} band(s) of {src.dtypes[0]} {src.width}x{src.height}; "
                                      "re-export the file in the FLAIR format")
-            arr = src.read()
+            arr = src.read(out=out.reshape(bands, size, size) if out is not None else None)
             epsg = src.crs.to_epsg() if src.crs else 0
             return arr, tuple(src.transform.to_gdal()), int(epsg or 0)
     except RasterioError as exc:
