@@ -37,3 +37,18 @@ def bench_tree(path: str | Path) -> Path:
         print(f"generating the benchmark tree in {path} (once) ...", flush=True)
         synthesize(path, SynthConfig.from_preset("bench"), overwrite=True)
     return path
+
+
+def warm_cache(*roots: str | Path) -> int:
+    """Read every file under ``roots`` once, so timings start from a warm page cache; return the bytes read.
+
+    Ingest and filter write their shards past the page cache (O_DIRECT), so a lake just built is cold.
+    """
+    total = 0
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        total += len(chunk)
+    return total

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_tree, machine  # noqa: E402
+from bench.common import bench_tree, machine, warm_cache  # noqa: E402
 
 
 def rate(loader, batches: int) -> float:
@@ -60,6 +60,7 @@ def main() -> None:
         lake = str(Path(tmp) / "lake.zarr")
         ingest(raw, lake, IngestConfig(codec=args.codec), progress=False)
         run_filter(lake, FilterConfig.baseline(), progress=False)
+        warm_cache(lake, raw)  # both readers start from a warm page cache
         for w in args.workers:
             if w:
                 threads = make_loader(lake, split=["D006_2020", "D033_2021", "D004_2021"], batch_size=10,

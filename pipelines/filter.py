@@ -148,14 +148,15 @@ def _filter_shard(task: FilterTask) -> dict:
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
         phases["composite"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
-    vg["cover"][a:b] = cover
-    vg["keep"][a:b] = keep
-    vg["n_dates"][a:b] = n_dates
-    if monthly is not None:
-        vg["monthly"][a:b] = monthly
-        vg["month_count"][a:b] = counts
-        vg["month_days"][a:b] = days
+    with lk.direct_writes(task.lake):  # the arrays opened here write past the page cache
+        vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
+        vg["cover"][a:b] = cover
+        vg["keep"][a:b] = keep
+        vg["n_dates"][a:b] = n_dates
+        if monthly is not None:
+            vg["monthly"][a:b] = monthly
+            vg["month_count"][a:b] = counts
+            vg["month_days"][a:b] = days
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}

@@ -112,7 +112,8 @@ def write_patch_shard(task: ShardTask) -> dict:
     sums = grid.sum(axis=(0, 2, 3), dtype=np.float64)
     sq = np.square(grid).sum(axis=(0, 2, 3), dtype=np.float64)
     rows = slice(task.row0, task.row0 + n)
-    with lk.rust_codecs(task.lake), lk.fast_writes():  # encoded in Rust (local lakes)
+    # encoded in Rust and written past the page cache (local lakes)
+    with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
         root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
         root["aerial"][rows] = aerial
         root["label"][rows] = label
@@ -183,7 +184,7 @@ def write_area(task: AreaTask) -> dict:
               (tc, 2, h, w), {}),
              ("dates", days, ("date",), (), (max(t, 1),),
               {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"}))
-    with lk.rust_codecs(task.lake), lk.fast_writes():
+    with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
         for name, values, dims, comps, chunks, attrs in specs:
             g.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0,
                            compressors=comps, overwrite=True, dimension_names=dims, attributes=attrs)[...] = values

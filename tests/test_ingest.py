@@ -193,3 +193,22 @@ def test_cli_ingest_and_info(raw_tree, tmp_path):
     assert rep["compression_ratio"] > 1.0
     res = CliRunner().invoke(main, ["info", str(tmp_path / "nope.zarr")])
     assert res.exit_code == 1 and "no lake at" in res.output and "flair-lake ingest" in res.output
+
+
+def test_direct_writes_round_trip_and_leave_no_probe(tmp_path):
+    """Shards written past the page cache (O_DIRECT, where the filesystem allows it) read back bit-exact, odd
+    sizes included; the probe file is removed, and object-store URLs never get the option."""
+    lake = tmp_path / "direct.zarr"
+    lake.mkdir()
+    values = np.random.default_rng(3).integers(0, 255, (7, 3, 33, 35), dtype=np.uint8)
+    with lk.rust_codecs(str(lake)), lk.direct_writes(str(lake)):
+        if lk.zarrs_available() and lk._direct_io_supported(str(lake)):
+            assert zarr.config.get("codec_pipeline.direct_io") is True
+        z = zarr.create_array(str(lake / "a"), shape=values.shape, chunks=(1, 3, 33, 35), shards=(4, 3, 33, 35),
+                              dtype="uint8", compressors=lk.compressors("zstd"))
+        z[:] = values
+    assert np.array_equal(zarr.open_array(str(lake / "a"), mode="r")[:], values)
+    assert not list(lake.glob(".direct-io-probe*"))
+    assert not zarr.config.get("codec_pipeline.direct_io", False)
+    with lk.direct_writes("s3://bucket/lake.zarr"):
+        assert not zarr.config.get("codec_pipeline.direct_io", False)
