@@ -53,6 +53,7 @@ class IngestSummary:
     resumed_runs: int = 0
     retried: int = 0  # quarantined patches whose shards were written again (their files may have been fixed)
     already_present: int = 0  # patches of the tree that an earlier run had already ingested
+    landed_before: int = 0  # patches of resumed runs that their interrupted session had written
     seconds: float = 0.0
     raw_bytes: int = 0
 
@@ -67,7 +68,8 @@ class IngestSummary:
         out = [f"ingested {self.added} patches into {self.lake} in {self.seconds:.1f} s ({rate:.0f} patches/s); "
                f"shards written {self.shards_written}, already complete {self.shards_skipped}; "
                f"super-areas written {self.areas_written}, already complete {self.areas_skipped}"
-               + (f"; resumed {self.resumed_runs} interrupted run(s)" if self.resumed_runs else "")
+               + (f"; resumed {self.resumed_runs} interrupted run(s), whose {self.landed_before} other patch(es) "
+                  "had landed before" if self.resumed_runs else "")
                + (f"; retried {self.retried} quarantined patch(es)" if self.retried else "")]
         if not self.added and not self.quarantined and self.already_present:
             out.append(f"nothing new: the tree's {self.already_present} patches are already in {self.lake}")
@@ -392,8 +394,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                 summary.areas_skipped += 1
                 continue
             area_tasks.append(AreaTask(lake, areas[name], cfg.sentinel_codec, cfg.zstd_level, storage_options))
-    if shard_tasks or area_tasks:
-        _run_tasks(shard_tasks, area_tasks, cfg, progress, summary)
+    written = _run_tasks(shard_tasks, area_tasks, cfg, progress, summary) if shard_tasks or area_tasks else set()
 
     # 4. outcome: per-run counts, quarantine, statistics; runs that were resumed are complete now
     reports = {s: lk.read_marker(root, s) for _, rows, _, _ in work
@@ -415,8 +416,15 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
                 quarantine.pop(str(p.patch_id), None)
         quarantine.update(bad)
         summary.quarantined.update({int(k): v for k, v in bad.items()})
-        # a retried run adds the patches that were quarantined and landed now; others add what they wrote
-        summary.added += len(retried[rid] - bad_ids) if rid in retried else len(patches) - len(bad_ids)
+        # a retried run adds the patches that were quarantined and landed now; others what this session wrote
+        if rid in retried:
+            summary.added += len(retried[rid] - bad_ids)
+        else:
+            now = sum(min(rows.stop, (s + 1) * per_shard) - max(rows.start, s * per_shard)
+                      - len((reports[s] or {}).get("bad", {})) for s in written
+                      if rows.start // per_shard <= s < math.ceil(rows.stop / per_shard))
+            summary.added += now
+            summary.landed_before += len(patches) - len(bad_ids) - now
     quarantine.update({str(k): v for k, v in new_problems.items()})
     summary.quarantined.update(new_problems)
     root.attrs["quarantine"] = quarantine
@@ -430,9 +438,11 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     return summary
 
 
-def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: IngestSummary) -> None:
-    """Map the super-area and shard tasks over the cluster, counting what was written."""
+def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: IngestSummary) -> set[int]:
+    """Map the super-area and shard tasks over the cluster, counting what was written; return the shards."""
     from pipelines.cluster import run_tasks
+
+    written: set[int] = set()
 
     # longest first: the shard tasks (~0.5 s each) go before the super-areas (~0.15 s), which fill the tail
     for res in run_tasks([(write_patch_shard, shard_tasks), (write_area, area_tasks)], scheduler=cfg.scheduler,
@@ -440,8 +450,10 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
                          progress=progress):
         if "shard" in res:
             summary.shards_written += 1
+            written.add(int(res["shard"]))
         else:
             summary.areas_written += 1
+    return written
 
 
 def _update_band_stats(root) -> None:
