@@ -314,9 +314,10 @@ class _Checker:
                 return r
         return None
 
-    def ingest_cmd(self, raw: str) -> str:
-        """Return the ingest command that resumes the running runs."""
-        return f"flair-lake ingest {raw} {self.lake}"
+    def ingest_cmd(self, run: dict) -> str:
+        """Return the ingest command that resumes ``run`` (and the other running runs), with its tree's options."""
+        opts = "".join(f" --{k} {run[k]}" for k in ("metadata", "centroids") if run.get(k))
+        return f"flair-lake ingest {run.get('raw', 'RAW')} {self.lake}{opts}"
 
     def filter_cmd(self, name: str) -> str:
         """Return the filter command that rebuilds (resumes, extends) the view ``name``."""
@@ -338,7 +339,7 @@ class _Checker:
         reopen = "" if run.get("status") == "running" else f" and sets run {run.get('id')} back to running"
         text = (f"`flair-lake validate {self.lake}{' --deep' if deep else ''} --repair` (deletes shard {shard} of "
                 f"{', '.join(lk.SHARD_TASK_ARRAYS)} and its marker {self.lake}/{lk.shard_marker(shard)}{reopen}), "
-                f"then `{self.ingest_cmd(run.get('raw', 'RAW'))}`")
+                f"then `{self.ingest_cmd(run)}`")
         return text, ("shard", shard)
 
     def view_fix(self, name: str, shard: int | None = None, deep: bool = False) -> tuple[str, tuple | None]:
@@ -456,7 +457,7 @@ def _check_table(c: _Checker) -> None:
             continue
         where = f"run {r.get('id')} ({r.get('command')}) is recorded as running: it was interrupted"
         if r.get("command") == "ingest":
-            c.check(False, f"{where}; fix: re-run `{c.ingest_cmd(r.get('raw', 'RAW'))}` (it resumes)",
+            c.check(False, f"{where}; fix: re-run `{c.ingest_cmd(r)}` (it resumes)",
                     ("ingest", r.get("raw")))
             continue
         view = r.get("view")
@@ -525,7 +526,7 @@ def _check_markers(c: _Checker) -> None:
             continue
         run = c.run_of_row(a) or {}
         if run.get("status") == "running":
-            fix, action = (f"re-run `{c.ingest_cmd(run.get('raw', 'RAW'))}` (it resumes run {run.get('id')})",
+            fix, action = (f"re-run `{c.ingest_cmd(run)}` (it resumes run {run.get('id')})",
                            ("ingest", run.get("raw")))
         else:
             fix, action = c.ingest_fix(s)

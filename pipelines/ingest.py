@@ -348,7 +348,8 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     work: list[tuple[str, range, list[PatchFiles], dict[str, AreaFiles]]] = []
     for r in root.attrs.get("runs", []):
         if r.get("command") == "ingest" and r.get("status") == "running":
-            rtree = tree if Path(r["raw"]) == Path(raw).resolve() else discover(r["raw"], sat_window=cfg.sat_window)
+            rtree = tree if Path(r["raw"]) == Path(raw).resolve() else discover(
+                r["raw"], metadata_path=r.get("metadata"), centroids_path=r.get("centroids"), sat_window=cfg.sat_window)
             ids = root["patch_id"][r["rows"][0]:r["rows"][1]]
             missing = [int(i) for i in ids if int(i) not in rtree.patches]
             if missing:
@@ -367,9 +368,12 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     if new or new_problems:
         start = lk.next_run_start(root)
         rows = range(start, start + len(new))
+        # the tree's explicit options are recorded: a resume from another tree, and validate's fix, reuse them
+        options = {k: str(Path(v).resolve()) for k, v in (("metadata", metadata_path), ("centroids", centroids_path))
+                   if v}
         lk.update_run(root, run_id, command="ingest", status="running", raw=str(Path(raw).resolve()),
                       rows=[rows.start, rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
-                      patches_planned=len(new))
+                      patches_planned=len(new), **options)
         if new:
             work.append((run_id, rows, new, tree.areas))
     for _, rows, patches, _ in work:  # idempotent: also repairs a run killed before its coordinates landed

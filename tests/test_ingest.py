@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,3 +217,37 @@ def test_direct_writes_round_trip_and_leave_no_probe(tmp_path):
     assert not zarr.config.get("codec_pipeline.direct_io", False)
     with lk.direct_writes("s3://bucket/lake.zarr"):
         assert not zarr.config.get("codec_pipeline.direct_io", False)
+
+
+def test_a_run_with_explicit_side_files_resumes_from_another_tree_and_validate_names_them(tmp_path):
+    """--metadata and --centroids are kept in the run record: resuming it while ingesting another tree finds its
+    side files, and validate's fix command passes them."""
+    from flair_lake.raw.discover import _find
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    synthesize(first, SynthConfig(domains=("D006_2020",), zones_per_domain=1, patches_per_zone=4, patch_size=32,
+                                  max_dates=22))
+    synthesize(second, SynthConfig(domains=("D015_2020",), zones_per_domain=1, patches_per_zone=3, patch_size=32,
+                                   max_dates=22, seed=5))
+    side = tmp_path / "side"
+    side.mkdir()
+    moved = {}
+    for key, name in (("metadata", names.METADATA_JSON), ("centroids", names.CENTROIDS_JSON)):
+        (src,) = _find(first, name)
+        moved[key] = side / name
+        src.rename(moved[key])
+    lake = str(tmp_path / "lake.zarr")
+    assert ingest(first, lake, IngestConfig(workers=1), metadata_path=str(moved["metadata"]),
+                  centroids_path=str(moved["centroids"])).exit_code == 0
+    root = zarr.open_group(lake, mode="r+")
+    runs = root.attrs["runs"]
+    assert runs[0]["metadata"] == str(moved["metadata"]) and runs[0]["centroids"] == str(moved["centroids"])
+    runs[0]["status"] = "running"  # as if killed; its shards are rewritten on resume
+    root.attrs["runs"] = runs
+    shutil.rmtree(Path(lake) / "done")
+    res = CliRunner().invoke(main, ["validate", lake])
+    assert (f"flair-lake ingest {first.resolve()} {lake} --metadata {moved['metadata']} --centroids "
+            f"{moved['centroids']}") in res.output, res.output
+    summary = ingest(second, lake, IngestConfig(workers=1))
+    assert summary.resumed_runs == 1 and summary.added == 4 + 3, summary.lines()
+    assert all(r["status"] == "complete" for r in zarr.open_group(lake, mode="r").attrs["runs"])
