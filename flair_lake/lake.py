@@ -11,11 +11,13 @@ no marker.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,16 +339,46 @@ def zarrs_available() -> bool:
 ZARRS_PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}  # zarr config of the Rust codec pipeline
 
 
+_CONFIG_LOCK = threading.Lock()
+_CONFIG_USERS: dict[tuple[str, Any], list] = {}  # (key, value) -> [threads inside, zarr's set-context]
+
+
+@contextlib.contextmanager
+def _zarr_config(options: dict):
+    """Set zarr config ``options`` for a block, safely when the threads of one worker enter and leave in any order.
+
+    zarr's config is process-wide and ``zarr.config.set`` restores what it saw on entry, so two threads whose
+    blocks interleave (A in, B in, A out, B out) would leave the options set for good. Here each (key, value)
+    is set by the first thread that needs it and restored by the last one to leave.
+    """
+    items = tuple(sorted(options.items()))
+    with _CONFIG_LOCK:
+        for item in items:
+            entry = _CONFIG_USERS.get(item)
+            if entry is None:
+                _CONFIG_USERS[item] = [1, zarr.config.set(dict([item]))]
+            else:
+                entry[0] += 1
+    try:
+        yield
+    finally:
+        with _CONFIG_LOCK:
+            for item in items:
+                entry = _CONFIG_USERS[item]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    entry[1].__exit__(None, None, None)
+                    del _CONFIG_USERS[item]
+
+
 def rust_codecs(lake: str):
     """Return a context in which arrays opened use the zarrs (Rust) codec pipeline, when it is installed.
 
     Measured (LAKE_NOTES §3, README): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
     zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline.
     """
-    import contextlib
-
     if zarrs_available() and not is_url(lake):
-        return zarr.config.set(ZARRS_PIPELINE)
+        return _zarr_config(ZARRS_PIPELINE)
     return contextlib.nullcontext()
 
 
@@ -356,22 +388,28 @@ def _direct_io_supported(folder: str) -> bool:
     import mmap
     import os
 
+    import socket
+    import uuid
+
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return False
-    probe = Path(folder) / f".direct-io-probe-{os.getpid()}"
+    # unique across the hosts of a cluster sharing the folder
+    probe = Path(folder) / f".direct-io-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
         try:
-            buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
-            os.write(fd, buf)
+            os.write(fd, mmap.mmap(-1, 4096))  # page-aligned, as O_DIRECT requires
         finally:
             os.close(fd)
         return True
-    except OSError:  # tmpfs on older kernels, some FUSE and network filesystems
+    except OSError:  # tmpfs on older kernels, some FUSE and network filesystems, read-only folders
         return False
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:  # a read-only filesystem refuses even this
+            pass
 
 
 def direct_writes(lake: str):
@@ -382,10 +420,8 @@ def direct_writes(lake: str):
     shards in 0.45-0.51 s of CPU buffered, 0.10-0.13 s direct. Readers are unaffected (they read through the
     cache as usual); where the filesystem refuses O_DIRECT the writes stay buffered.
     """
-    import contextlib
-
     if zarrs_available() and not is_url(lake) and Path(lake).is_dir() and _direct_io_supported(str(Path(lake))):
-        return zarr.config.set({"codec_pipeline.direct_io": True})
+        return _zarr_config({"codec_pipeline.direct_io": True})
     return contextlib.nullcontext()
 
 
@@ -395,4 +431,4 @@ def fast_writes():
     The check (``np.array_equal`` per chunk) took a third of a shard write; our tasks write whole shards of real
     data, so an all-zero chunk is rare and costs only its compressed bytes.
     """
-    return zarr.config.set({"array.write_empty_chunks": True})
+    return _zarr_config({"array.write_empty_chunks": True})

@@ -59,6 +59,8 @@ def to_train_classes(raw: np.ndarray) -> np.ndarray:
     Two vectorised passes (uint8 wrap-around sends 0 to 255, then the minimum caps at 'other'); 3x faster than
     a table look-up on a 512 x 512 patch, which matters in the loader's hot path.
     """
+    if raw.dtype != np.uint8:  # the arithmetic relies on uint8 wrap-around; FLAIR labels are uint8
+        raise ValueError(f"label codes must be uint8, got {raw.dtype}; FLAIR label files are 1-band uint8")
     out = np.subtract(raw, 1, dtype=np.uint8)
     np.minimum(out, OTHER_CLASS, out=out)
     return out

@@ -316,8 +316,8 @@ class _Checker:
 
     def ingest_cmd(self, run: dict) -> str:
         """Return the ingest command that resumes ``run`` (and the other running runs), with its tree's options."""
-        opts = "".join(f" --{k} {run[k]}" for k in ("metadata", "centroids") if run.get(k))
-        return f"flair-lake ingest {run.get('raw', 'RAW')} {self.lake}{opts}"
+        opts = "".join(f" --{k} {shlex.quote(run[k])}" for k in ("metadata", "centroids") if run.get(k))
+        return f"flair-lake ingest {shlex.quote(run.get('raw', 'RAW'))} {shlex.quote(self.lake)}{opts}"
 
     def filter_cmd(self, name: str) -> str:
         """Return the filter command that rebuilds (resumes, extends) the view ``name``."""

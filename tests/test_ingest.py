@@ -251,3 +251,35 @@ def test_a_run_with_explicit_side_files_resumes_from_another_tree_and_validate_n
     summary = ingest(second, lake, IngestConfig(workers=1))
     assert summary.resumed_runs == 1 and summary.added == 4 + 3, summary.lines()
     assert all(r["status"] == "complete" for r in zarr.open_group(lake, mode="r").attrs["runs"])
+
+
+def test_config_contexts_of_interleaved_threads_leave_nothing_set():
+    """Two worker threads whose write contexts interleave (A in, B in, A out, B out) leave zarr's process-wide
+    config as it was; zarr.config.set alone would leave it set for good."""
+    import threading
+
+    key = "array.write_empty_chunks"
+    before = zarr.config.get(key)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with lk.fast_writes():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with lk.fast_writes():
+            b_in.set()
+            a_out.wait(5)
+            seen["b_inside_after_a_left"] = zarr.config.get(key)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen["b_inside_after_a_left"] is True  # still set for the thread inside
+    assert zarr.config.get(key) == before  # and undone once both left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,3 +132,10 @@ def test_training_classes_follow_the_baseline_table():
     assert schema.to_train_classes(raw).tolist() == [table[c] for c in range(256)]
     assert schema.to_train_classes(raw).dtype == np.uint8
     assert raw.tolist() == list(range(256))  # the input is not modified
+
+
+def test_training_classes_refuse_labels_that_are_not_uint8():
+    from flair_lake import schema
+
+    with pytest.raises(ValueError, match="uint8"):
+        schema.to_train_classes(np.array([257, 13], np.uint16))
