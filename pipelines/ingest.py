@@ -190,9 +190,10 @@ def write_area(task: AreaTask) -> dict:
         for name, values, dims, comps, chunks, attrs in specs:
             g.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0,
                            compressors=comps, overwrite=True, dimension_names=dims, attributes=attrs)[...] = values
-    # Sentinel normalisation statistics over clear pixels of a 1-in-4 pixel grid
-    sub = data[:, :, ::2, ::2].astype(np.float32)
-    clear = (masks[:, :, ::2, ::2].max(axis=1) < 60)[:, None]
+    # Sentinel normalisation statistics over the clear pixels of a 1-in-16 grid, as for the aerial bands (a 1-in-4
+    # grid cost a fifth of the task in float temporaries, for the same mean and std to 3 digits)
+    sub = data[:, :, ::STATS_STEP, ::STATS_STEP].astype(np.float32)
+    clear = (masks[:, :, ::STATS_STEP, ::STATS_STEP].max(axis=1) < 60)[:, None]
     vals = np.where(clear, sub, np.float32(0))
     g.attrs.update({"domain": task.area.domain, "zone": task.area.zone, "products": products,
                     "bands": list(schema.S2_BANDS), "mask_bands": list(schema.S2_MASK_BANDS),

@@ -283,3 +283,24 @@ def test_config_contexts_of_interleaved_threads_leave_nothing_set():
         t.join(10)
     assert seen["b_inside_after_a_left"] is True  # still set for the thread inside
     assert zarr.config.get(key) == before  # and undone once both left
+
+
+def test_band_stats_are_the_sampled_statistics_of_the_raw_files(lake, raw_tree):
+    """Aerial: mean and std over every 4th row and column of the images; Sentinel-2: over the clear pixels
+    (snow and cloud below 60 %) of every 4th row and column of the super-areas."""
+    from pipelines.ingest import STATS_STEP
+
+    stats = zarr.open_group(lake, mode="r").attrs["band_stats"]
+    imgs = [rasterio.open(p).read()[:, ::STATS_STEP, ::STATS_STEP] for p in sorted(Path(raw_tree).rglob("IMG_*.tif"))]
+    aer = np.stack(imgs).astype(np.float64)
+    np.testing.assert_allclose(stats["aerial"]["mean"], aer.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stats["aerial"]["std"], aer.std(axis=(0, 2, 3)), rtol=1e-5)
+    vals = []
+    for data in sorted(Path(raw_tree).rglob("SEN2_*_data.npy")):
+        d = np.load(data)[:, :, ::STATS_STEP, ::STATS_STEP].astype(np.float64)
+        m = np.load(str(data).replace("_data.npy", "_masks.npy"))[:, :, ::STATS_STEP, ::STATS_STEP]
+        clear = m.max(axis=1) < 60
+        vals.append(d.transpose(1, 0, 2, 3)[:, clear])
+    sen = np.concatenate(vals, axis=1)
+    np.testing.assert_allclose(stats["sentinel"]["mean"], sen.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["sentinel"]["std"], sen.std(axis=1), rtol=1e-5)
