@@ -111,9 +111,9 @@ def _filter_shard(task: FilterTask) -> dict:
     ok = status == lk.STATUS_OK
     for area_code in np.unique(zone[ok]):
         t0 = time.perf_counter()
-        g = root[f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"]
-        masks = g["masks"][:]
-        dates = g["dates"][:].astype("datetime64[D]")
+        area = f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"
+        masks = lk.open_array(root, task.lake, f"{area}/masks")[:]
+        dates = lk.open_array(root, task.lake, f"{area}/dates")[:].astype("datetime64[D]")
         phases["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         t = masks.shape[0]
@@ -130,7 +130,8 @@ def _filter_shard(task: FilterTask) -> dict:
         streamed = len(years) == 1 and task.cfg.reducer == "mean" and not task.cfg.mask_pixels
         # the default mean streams the area one chunk of dates at a time (composite phase); otherwise it is read
         # whole, once per task
-        data = g["data"] if streamed else g["data"][:]
+        data = lk.open_array(root, task.lake, f"{area}/data")
+        data = data if streamed else data[:]
         phases["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         clear = (masks.max(axis=1) < task.cfg.min_prob) if task.cfg.mask_pixels else None
@@ -149,14 +150,11 @@ def _filter_shard(task: FilterTask) -> dict:
         phases["composite"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     with lk.direct_writes(task.lake):  # the arrays opened here write past the page cache
-        vg = root[f"{schema.VIEWS_GROUP}/{task.view}"]
-        vg["cover"][a:b] = cover
-        vg["keep"][a:b] = keep
-        vg["n_dates"][a:b] = n_dates
+        values = {"cover": cover, "keep": keep, "n_dates": n_dates}
         if monthly is not None:
-            vg["monthly"][a:b] = monthly
-            vg["month_count"][a:b] = counts
-            vg["month_days"][a:b] = days
+            values.update(monthly=monthly, month_count=counts, month_days=days)
+        for name, v in values.items():
+            lk.open_array(root, task.lake, f"{schema.VIEWS_GROUP}/{task.view}/{name}")[a:b] = v
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}

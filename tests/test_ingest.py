@@ -305,3 +305,20 @@ def test_band_stats_are_the_sampled_statistics_of_the_raw_files(lake, raw_tree):
     sen = np.concatenate(vals, axis=1)
     np.testing.assert_allclose(stats["sentinel"]["mean"], sen.mean(axis=1), rtol=1e-6)
     np.testing.assert_allclose(stats["sentinel"]["std"], sen.std(axis=1), rtol=1e-5)
+
+
+def test_open_array_reuses_an_unchanged_array_and_reopens_a_changed_one(tmp_path):
+    lake = str(tmp_path / "l.zarr")
+    root = zarr.open_group(lake, mode="w")
+    root.create_array("a", shape=(4, 3), chunks=(2, 3), dtype="uint8", compressors=lk.compressors("zstd"))
+    first = lk.open_array(root, lake, "a")
+    assert lk.open_array(root, lake, "a") is first  # unchanged: the same object
+    first.resize((8, 3))
+    grown = lk.open_array(root, lake, "a")
+    assert grown is not first and grown.shape == (8, 3)  # resized: opened again
+    del root["a"]
+    root.create_array("a", shape=(8, 3), chunks=(2, 3), dtype="uint8", compressors=lk.compressors("lz4"))
+    again = lk.open_array(root, lake, "a")
+    assert again.compressors == zarr.open_array(lake + "/a", mode="r").compressors  # recreated: its own codec
+    with lk.fast_writes():
+        assert lk.open_array(root, lake, "a") is not again  # other zarr settings: another array object
