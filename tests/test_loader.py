@@ -159,3 +159,22 @@ def test_zarrs_pipeline_reads_the_same_samples(viewed_lake):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("view", ["baseline", "cloud0.6-prob60-union-monthly-mean"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_batch_read_equals_collated_samples(viewed_lake, view, compact):
+    """The whole-batch read (one codec call per array, rows in any order, empty months moved and cut) gives
+    exactly what collating the samples read one by one gives, including patches without a clear date."""
+    ds = LakeDataset(viewed_lake, view=view, split="all", compact=compact)
+    counts = zarr.open_group(viewed_lake, mode="r")[f"views/{view}/month_count"][:][ds.rows]
+    empty = [int(i) for i in np.flatnonzero(counts.sum(1) == 0)]
+    assert empty, "the synthetic tree has a patch without a clear date"
+    rng = np.random.default_rng(0)
+    batches = [empty, empty + [0, 5], [7, 2, 9, 2, 31, 0]] + [list(rng.permutation(len(ds))[:6]) for _ in range(3)]
+    for idx in batches:
+        whole = collate(ds.__getitems__(idx))
+        one_by_one = collate([ds[i] for i in idx])
+        assert set(whole) == set(one_by_one)
+        for k in whole:
+            assert whole[k].dtype == one_by_one[k].dtype and torch.equal(whole[k], one_by_one[k]), (idx, k)

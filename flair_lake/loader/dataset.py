@@ -127,6 +127,33 @@ class LakeDataset(torch.utils.data.Dataset):
         k = len(rows)
         return {n: flat[i * k:(i + 1) * k] for i, n in enumerate(names)}
 
+    def _read_rows(self, names: Sequence[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
+        """Read rows ``rows`` of each named array into one (len(rows), ...) array per name.
+
+        One codec-pipeline call per array and batch (zarrs decodes its chunks in parallel, in Rust), straight
+        into the batch's array: no per-chunk Python round trip and no stacking copy afterwards. This is what
+        ``oindex`` should do but does not on sharded arrays (it decodes whole shards, LAKE_NOTES §3): the
+        selection here is one row slice per chunk. Falls back to :meth:`_gather` where zarr's internals differ.
+        """
+        from zarr.core.sync import sync
+
+        arrays = self._open()
+        try:
+            from zarr.core.buffer import default_buffer_prototype
+            from zarr.core.buffer.cpu import NDBuffer
+
+            outs = {n: np.empty((len(rows), *arrays[n].shape[1:]), arrays[n].dtype) for n in names}
+
+            async def read_all():
+                await asyncio.gather(*(arrays[n]._async_array._get_selection(
+                    _RowsIndexer(arrays[n]._async_array, rows), prototype=default_buffer_prototype(),
+                    out=NDBuffer.from_ndarray_like(outs[n])) for n in names))
+
+            sync(read_all())
+            return outs
+        except (ImportError, AttributeError, TypeError):  # another zarr: the public per-row path
+            return {n: np.stack(v) for n, v in self._gather(names, rows).items()}
+
     def _raw_series(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (kept dates' windows (T, 10, W, W), day offsets (T,)) of a non-monthly view from raw S2."""
         arrays = self._open()
@@ -143,20 +170,24 @@ class LakeDataset(torch.utils.data.Dataset):
 
     # --- samples ----------------------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict:
-        return self.__getitems__([i])[0]
+        return self._samples([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """Return the samples of a batch: a monthly view's as one :class:`Batch` read whole, others one by one."""
+        return self.read_batch(indices) if self.monthly else self._samples(indices)
+
+    def _samples(self, indices: Sequence[int]) -> list[dict]:
+        """Return each sample on its own (its own series length), for any view."""
         rows = [int(self.rows[i]) for i in indices]
         names = ["aerial", "label"] + (["monthly"] if self.monthly else [])
-        got = self._gather(names, rows)
+        got = self._read_rows(names, rows)
         if self.monthly:
             arrays = self._open()
             got["month_count"] = arrays["month_count"][rows]
             got["month_days"] = arrays["month_days"][rows]
+        labels = self._labels(got["label"], indices)
         out = []
         for k, i in enumerate(indices):
-            label = schema.to_train_classes(got["label"][k]) if self.has_label[i] else \
-                np.full((self.patch_size,) * 2, schema.IGNORE_LABEL, np.uint8)
             if self.monthly:
                 count = got["month_count"][k]
                 sen = got["monthly"][k] if self.compact else got["monthly"][k].astype(np.float32)
@@ -171,7 +202,7 @@ class LakeDataset(torch.utils.data.Dataset):
                 days, pad = np.zeros(0, np.int64), np.zeros(0, bool)
             out.append({
                 "aerial": torch.from_numpy(got["aerial"][k]),
-                "label": torch.from_numpy(label if self.compact else label.astype(np.int64)),
+                "label": torch.from_numpy(labels[k]),
                 "sentinel": torch.from_numpy(np.ascontiguousarray(sen)),
                 "dates": torch.from_numpy(days),
                 "pad_mask": torch.from_numpy(pad),
@@ -181,9 +212,67 @@ class LakeDataset(torch.utils.data.Dataset):
             })
         return out
 
+    def _labels(self, raw: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Return a batch's raw label codes (B, y, x) as training classes (uint8 compact, else int64)."""
+        labels = schema.to_train_classes(raw)
+        unlabelled = ~self.has_label[np.asarray(indices, dtype=np.int64)]
+        if unlabelled.any():
+            labels[unlabelled] = schema.IGNORE_LABEL
+        return labels if self.compact else labels.astype(np.int64)
+
+    def read_batch(self, indices: Sequence[int]) -> Batch:
+        """Return the samples of ``indices`` of a monthly view, already collated.
+
+        Every array of the batch is read straight into its batch array; the returned :class:`Batch` is also the
+        list of its samples (views into the batch), so it serves as ``__getitems__``'s result and
+        :func:`collate` passes it through without a copy. Equal to collating :meth:`_samples`: with
+        ``skip_empty`` each patch's clear months move to the front, in order, and the time axis is cut to the
+        batch's longest series (at least 1); what lies beyond a patch's own months is zero and masked.
+        """
+        rows = [int(self.rows[i]) for i in indices]
+        got = self._read_rows(["aerial", "label", "monthly"], rows)
+        arrays = self._open()
+        count, days = arrays["month_count"][rows], arrays["month_days"][rows].astype(np.int64)
+        sen, pad = got["monthly"], count == 0
+        if self.skip_empty:
+            order = np.argsort(pad, axis=1, kind="stable")[:, :max(1, int((~pad).sum(1).max(initial=0)))]
+            b = np.arange(len(rows))[:, None]  # (patch, month) pairs: whole 10 x W x W blocks are gathered
+            pad, days, sen = pad[b, order], days[b, order], sen[b, order]
+            days[pad], sen[pad] = 0, 0
+        sen = sen if self.compact else sen.astype(np.float32)
+        idx = np.asarray(indices, dtype=np.int64)
+        batch = {
+            "aerial": torch.from_numpy(got["aerial"]),
+            "label": torch.from_numpy(self._labels(got["label"], indices)),
+            "sentinel": torch.from_numpy(sen),
+            "dates": torch.from_numpy(days),
+            "pad_mask": torch.from_numpy(pad),
+            "mtd": torch.from_numpy(self.mtd[idx]),
+            "patch_id": torch.from_numpy(self.patch_ids[idx]),
+            "row": torch.tensor(rows, dtype=torch.int64),
+        }
+        return Batch(batch)
+
+
+class Batch(list):
+    """A collated batch that is also the list of its samples (views into the batch's tensors).
+
+    :func:`collate` returns :attr:`collated` as it is; anything else that iterates the list sees samples.
+    """
+
+    def __init__(self, collated: dict) -> None:
+        n = len(collated["row"])
+        super().__init__({k: v[i] for k, v in collated.items()} for i in range(n))
+        self.collated = collated
+
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples into a batch, padding the time axis to the batch's longest series (padded = masked)."""
+    """Stack samples into a batch, padding the time axis to the batch's longest series (padded = masked).
+
+    A :class:`Batch` (read whole by :meth:`LakeDataset.read_batch`) is returned as it was collated.
+    """
+    if isinstance(samples, Batch):
+        return samples.collated
     t_max = max((s["sentinel"].shape[0] for s in samples), default=0)
     t_max = max(t_max, 1)
     batch = {}
@@ -200,4 +289,25 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-__all__ = ["LakeDataset", "collate", "select_rows"]
+class _RowsIndexer:
+    """A zarr indexer of whole rows (axis 0) in any order: one row slice per chunk, output row k for row k.
+
+    zarr's own orthogonal indexer turns such a selection into integer-array selections inside each shard, which
+    its codec pipelines serve by decoding whole shards; this one asks for exactly the inner chunks needed.
+    """
+
+    def __init__(self, arr, rows: Sequence[int]) -> None:
+        from zarr.core.indexing import BasicIndexer
+
+        self._projections = []
+        for k, r in enumerate(rows):
+            for p in BasicIndexer((slice(int(r), int(r) + 1),), arr.shape, arr.metadata.chunk_grid):
+                self._projections.append(p._replace(out_selection=(slice(k, k + 1), *p.out_selection[1:])))
+        self.shape = (len(rows), *arr.shape[1:])
+        self.drop_axes = ()
+
+    def __iter__(self):
+        return iter(self._projections)
+
+
+__all__ = ["Batch", "LakeDataset", "collate", "select_rows"]
