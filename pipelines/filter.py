@@ -181,26 +181,31 @@ def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int,
                          "created": lk.now_iso(),
                          "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
         z = lk.compressors("zstd")
-        vg.create_array("cover", shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
-                        compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                        attributes={"description": "covered fraction of the patch window per area date"})
-        vg.create_array("keep", shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
-                        compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                        attributes={"description": "date kept (cover < max_cover); False beyond n_dates"})
-        vg.create_array("n_dates", shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
-                        dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"})
+        specs = {
+            "cover": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
+                          compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                          attributes={"description": "covered fraction of the patch window per area date"}),
+            "keep": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
+                         compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                         attributes={"description": "date kept (cover < max_cover); False beyond n_dates"}),
+            "n_dates": dict(shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
+                            dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"}),
+        }
         if cfg.monthly:
-            vg.create_array("monthly", shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
-                            shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
-                            compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
-                            dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
-                            attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
-            vg.create_array("month_count", shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
-                            compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                            attributes={"description": "kept dates per month; 0 = empty month"})
-            vg.create_array("month_days", shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
-                            compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                            attributes={"description": "days from the 15th of the month to the reference date"})
+            specs["monthly"] = dict(
+                shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
+                shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
+                compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
+                dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
+                attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
+            specs["month_count"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
+                                        compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                                        attributes={"description": "kept dates per month; 0 = empty month"})
+            specs["month_days"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
+                                       compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                                       attributes={"description": "days from the 15th of the month to the "
+                                                                  "reference date"})
+        lk.create_arrays(vg, specs)  # one round of metadata writes, not one per array
         return
     for arr_name, arr in vg.arrays():
         shape = list(arr.shape)
@@ -243,7 +248,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     n = lk.n_rows(root)
     per_shard = int(root.attrs["patches_per_shard"])
     _create_or_grow_view(root, name, cfg, n, t_max, window)
-    coords = {k: root[k][:] for k in COORDS}
+    coords = lk.read_arrays(root, COORDS)
     status = coords[lk.STATUS_ARRAY]
     summary = FilterSummary(lake=lake, view=name)
     tasks = []
@@ -299,12 +304,15 @@ def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> N
 
 def build_report(root, name: str) -> dict:
     """Return the view's report: dates kept and dropped per domain, clear-month histogram, empty patches."""
-    vg = root[f"{schema.VIEWS_GROUP}/{name}"]
-    ok = root[lk.STATUS_ARRAY][:] == lk.STATUS_OK
-    keep = vg["keep"][:][ok]
-    n_dates = vg["n_dates"][:][ok].astype(np.int64)
-    ids = root["patch_id"][:][ok]
-    dom = root["domain"][:][ok]
+    path = f"{schema.VIEWS_GROUP}/{name}"
+    vg = root[path]
+    cols = lk.read_arrays(root, [lk.STATUS_ARRAY, "patch_id", "domain", f"{path}/keep", f"{path}/n_dates"]
+                          + ([f"{path}/month_count"] if "month_count" in vg else []))
+    ok = cols[lk.STATUS_ARRAY] == lk.STATUS_OK
+    keep = cols[f"{path}/keep"][ok]
+    n_dates = cols[f"{path}/n_dates"][ok].astype(np.int64)
+    ids = cols["patch_id"][ok]
+    dom = cols["domain"][ok]
     domains = root.attrs["domains"]
     kept = keep.sum(1)
     per_domain = {}
@@ -313,7 +321,7 @@ def build_report(root, name: str) -> dict:
         per_domain[domains[int(d)]] = {"kept": int(kept[sel].sum()), "dropped": int((n_dates - kept)[sel].sum())}
     report = {"per_domain": per_domain, "patches": int(ok.sum()),
               "no_clear_date": [int(i) for i in ids[kept == 0]]}
-    if "month_count" in vg:
-        clear_months = (vg["month_count"][:][ok] > 0).sum(1)
+    if f"{path}/month_count" in cols:
+        clear_months = (cols[f"{path}/month_count"][ok] > 0).sum(1)
         report["clear_month_histogram"] = np.bincount(clear_months, minlength=MONTHS + 1).tolist()
     return report
