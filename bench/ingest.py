@@ -1,6 +1,6 @@
 """Benchmark ``flair-lake ingest``: patches/s with 1 and 2 Dask workers, speed-up, lake size vs raw.
 
-    python bench/ingest.py [--raw DIR] [--workers 1 2] [--repeat 2]
+    python bench/ingest.py [--raw DIR] [--workers 1 2] [--repeat 3]
 
 The tree (512 full-size 512x512 patches, 8 super-areas) is generated once into --raw. One LocalCluster per
 worker count is started beforehand and kept; each first ingests the tree once untimed (a warm-up: the workers
@@ -47,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", default=str(Path(tempfile.gettempdir()) / "flair-lake-bench-raw"))
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeat", type=int, default=2, help="runs per worker count (alternating); the best is kept")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per worker count (alternating); the best is kept")
     ap.add_argument("--codec", default="zstd", help="image codec of the lake (zstd, lz4, none)")
     args = ap.parse_args()
     raw = bench_tree(args.raw)

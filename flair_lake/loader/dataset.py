@@ -1,7 +1,8 @@
 """A torch ``Dataset`` streaming training samples from a lake view, one batch-level read at a time.
 
-Each batch is read with one ``asyncio.gather`` of per-patch chunk reads (``__getitems__``), never with
-integer-array selection on sharded arrays (LAKE_NOTES §3). Stores are opened lazily in the process that reads,
+A monthly view's batch is read whole (``__getitems__`` -> :meth:`LakeDataset.read_batch`): one codec-pipeline
+call per array, asking for one row slice per inner chunk; other views read each batch with one
+``asyncio.gather`` of per-patch chunk reads. Never integer-array selection on sharded arrays (LAKE_NOTES §3). Stores are opened lazily in the process that reads,
 so the dataset is safe with forkserver/spawn DataLoader workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 """
 
