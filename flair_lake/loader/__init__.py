@@ -47,10 +47,10 @@ def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str
                 worker_kind: str | None = None):
     """Return a loader of batches (dicts, see ``schema.SAMPLE_KEYS``) from a lake view.
 
-    Batches are read whole (``__getitems__``: one codec call per array of a monthly view) and travel compact (labels uint8,
-    monthly Sentinel-2 uint16) until :class:`BatchTransform` casts them on the device. On a small machine
-    (<= 4 cores) the workers are threads of this process (:class:`ThreadedLoader`: decoding releases the GIL,
-    and no inter-process copies); elsewhere they are forkserver DataLoader processes that open the store
+    Batches are read whole (``__getitems__``: one codec call per array of a monthly view) and travel compact
+    (labels uint8, monthly Sentinel-2 uint16) until :class:`BatchTransform` casts them on the device. On a small
+    machine (<= 4 cores) the workers are threads of this process (:class:`ThreadedLoader`: decoding releases the
+    GIL, and no inter-process copies); elsewhere they are forkserver DataLoader processes that open the store
     themselves, persistent, prefetching, one decode thread each. ``worker_kind`` overrides the choice. Memory
     is pinned when CUDA is present. With ``distributed`` each rank reads a disjoint part of every epoch; call
     ``loader.batch_sampler.set_epoch(epoch)`` every epoch.

@@ -2,8 +2,9 @@
 
 A monthly view's batch is read whole (``__getitems__`` -> :meth:`LakeDataset.read_batch`): one codec-pipeline
 call per array, asking for one row slice per inner chunk; other views read each batch with one
-``asyncio.gather`` of per-patch chunk reads. Never integer-array selection on sharded arrays (LAKE_NOTES §3). Stores are opened lazily in the process that reads,
-so the dataset is safe with forkserver/spawn DataLoader workers. Samples follow :data:`schema.SAMPLE_KEYS`.
+``asyncio.gather`` of per-patch chunk reads. Never integer-array selection on sharded arrays (LAKE_NOTES §3).
+Stores are opened lazily in the process that reads, so the dataset is safe with forkserver/spawn DataLoader
+workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 """
 
 from __future__ import annotations
