@@ -463,14 +463,13 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
 
 def _update_band_stats(root) -> None:
     """Recompute per-band mean and std of the aerial bands (from shard reports) and Sentinel clear pixels."""
-    per_shard = int(root.attrs["patches_per_shard"])
     tot, sq, n = np.zeros(5), np.zeros(5), 0
-    for s in range(math.ceil(lk.n_rows(root) / per_shard)):
-        rep = lk.read_marker(root, s)
-        if rep:
-            tot += rep["aerial_sum"]
-            sq += rep["aerial_sumsq"]
-            n += rep["pixels"]
+    done = root.get(schema.DONE_GROUP)
+    for _, marker in done.groups() if done is not None else ():  # one listing, not one look-up per shard
+        rep = marker.attrs
+        tot += rep["aerial_sum"]
+        sq += rep["aerial_sumsq"]
+        n += rep["pixels"]
     stats = dict(root.attrs.get("band_stats", {}))
     if n:
         mean = tot / n
