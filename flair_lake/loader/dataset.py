@@ -1,8 +1,8 @@
 """A torch ``Dataset`` streaming training samples from a lake view, one batch-level read at a time.
 
-A monthly view's batch is read whole (``__getitems__`` -> :meth:`LakeDataset.read_batch`): one codec-pipeline
-call per array, asking for one row slice per inner chunk; other views read each batch with one
-``asyncio.gather`` of per-patch chunk reads. Never integer-array selection on sharded arrays (LAKE_NOTES §3).
+Every batch reads each array with one codec-pipeline call that asks for one row slice per inner chunk; a
+monthly view's batch comes back already collated (:meth:`LakeDataset.read_batch`). Never integer-array
+selection on sharded arrays (LAKE_NOTES §3).
 Stores are opened lazily in the process that reads, so the dataset is safe with forkserver/spawn DataLoader
 workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 """
@@ -79,8 +79,8 @@ class LakeDataset(torch.utils.data.Dataset):
             if self.view else schema.S2_WINDOW
         cams = np.array(["UCE" in c for c in root.attrs["cameras"]] or [False])
         r = self.rows
-        cols = {k: root[k][:] for k in ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
-                                        "camera", "zone", "s2_row", "s2_col", "has_label")}
+        cols = lk.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
+                                     "camera", "zone", "s2_row", "s2_col", "has_label"))
         self.patch_ids = cols["patch_id"][r].astype(np.int64)
         self.mtd = encode_metadata(cols["centroid_x"][r], cols["centroid_y"][r], cols["centroid_z"][r],
                                    cols["acquired"][r], cols["year"][r], cams[cols["camera"][r]])
@@ -116,45 +116,28 @@ class LakeDataset(torch.utils.data.Dataset):
             self._root, self._arrays, self._pid = root, arrays, os.getpid()
         return self._arrays
 
-    def _gather(self, names: Sequence[str], rows: Sequence[int]) -> dict[str, list[np.ndarray]]:
-        """Read row ``r`` of each named array for every row, in one asyncio.gather of chunk reads."""
-        from zarr.core.sync import sync
-
-        arrays = self._open()
-
-        async def read_all():
-            return await asyncio.gather(*(arrays[n]._async_array.getitem((int(r),)) for n in names for r in rows))
-
-        flat = sync(read_all())
-        k = len(rows)
-        return {n: flat[i * k:(i + 1) * k] for i, n in enumerate(names)}
-
     def _read_rows(self, names: Sequence[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
         """Read rows ``rows`` of each named array into one (len(rows), ...) array per name.
 
         One codec-pipeline call per array and batch (zarrs decodes its chunks in parallel, in Rust), straight
         into the batch's array: no per-chunk Python round trip and no stacking copy afterwards. This is what
         ``oindex`` should do but does not on sharded arrays (it decodes whole shards, LAKE_NOTES §3): the
-        selection here is one row slice per chunk. Falls back to :meth:`_gather` where zarr's internals differ.
+        selection here is one row slice per chunk. Uses zarr's internal selection API (zarr is pinned exactly).
         """
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.buffer.cpu import NDBuffer
         from zarr.core.sync import sync
 
         arrays = self._open()
-        try:
-            from zarr.core.buffer import default_buffer_prototype
-            from zarr.core.buffer.cpu import NDBuffer
+        outs = {n: np.empty((len(rows), *arrays[n].shape[1:]), arrays[n].dtype) for n in names}
 
-            outs = {n: np.empty((len(rows), *arrays[n].shape[1:]), arrays[n].dtype) for n in names}
+        async def read_all():
+            await asyncio.gather(*(arrays[n]._async_array._get_selection(
+                _RowsIndexer(arrays[n]._async_array, rows), prototype=default_buffer_prototype(),
+                out=NDBuffer.from_ndarray_like(outs[n])) for n in names))
 
-            async def read_all():
-                await asyncio.gather(*(arrays[n]._async_array._get_selection(
-                    _RowsIndexer(arrays[n]._async_array, rows), prototype=default_buffer_prototype(),
-                    out=NDBuffer.from_ndarray_like(outs[n])) for n in names))
-
-            sync(read_all())
-            return outs
-        except (ImportError, AttributeError, TypeError):  # another zarr: the public per-row path
-            return {n: np.stack(v) for n, v in self._gather(names, rows).items()}
+        sync(read_all())
+        return outs
 
     def _raw_series(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (kept dates' windows (T, 10, W, W), day offsets (T,)) of a non-monthly view from raw S2."""
@@ -172,31 +155,26 @@ class LakeDataset(torch.utils.data.Dataset):
 
     # --- samples ----------------------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict:
-        return self._samples([i])[0]
+        if not self.monthly:
+            return self._samples([i])[0]
+        sample = self.read_batch([i])[0]
+        if self.skip_empty:  # its own clear months only (a batch keeps at least one step)
+            t = int((~sample["pad_mask"]).sum())
+            sample.update({k: sample[k][:t] for k in ("sentinel", "dates", "pad_mask")})
+        return sample
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """Return the samples of a batch: a monthly view's as one :class:`Batch` read whole, others one by one."""
         return self.read_batch(indices) if self.monthly else self._samples(indices)
 
     def _samples(self, indices: Sequence[int]) -> list[dict]:
-        """Return each sample on its own (its own series length), for any view."""
+        """Return each sample of a view without monthly composites (its own series length), or of no view."""
         rows = [int(self.rows[i]) for i in indices]
-        names = ["aerial", "label"] + (["monthly"] if self.monthly else [])
-        got = self._read_rows(names, rows)
-        if self.monthly:
-            arrays = self._open()
-            got["month_count"] = arrays["month_count"][rows]
-            got["month_days"] = arrays["month_days"][rows]
+        got = self._read_rows(["aerial", "label"], rows)
         labels = self._labels(got["label"], indices)
         out = []
         for k, i in enumerate(indices):
-            if self.monthly:
-                count = got["month_count"][k]
-                sen = got["monthly"][k] if self.compact else got["monthly"][k].astype(np.float32)
-                days, pad = got["month_days"][k].astype(np.int64), count == 0
-                if self.skip_empty:
-                    sen, days, pad = sen[~pad], days[~pad], pad[~pad]
-            elif self.view:
+            if self.view:
                 sen, days = self._raw_series(i)
                 pad = np.zeros(len(days), bool)
             else:
