@@ -21,6 +21,7 @@ from flair_lake import schema
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError
 from flair_lake.info import report_lines
+from flair_lake.shards import write_shard
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
 
@@ -149,12 +150,14 @@ def _filter_shard(task: FilterTask) -> dict:
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
         phases["composite"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    with lk.direct_writes(task.lake):  # the arrays opened here write past the page cache
-        values = {"cover": cover, "keep": keep, "n_dates": n_dates}
-        if monthly is not None:
-            values.update(monthly=monthly, month_count=counts, month_days=days)
-        for name, v in values.items():
-            lk.open_array(root, task.lake, f"{schema.VIEWS_GROUP}/{task.view}/{name}")[a:b] = v
+    view = f"{schema.VIEWS_GROUP}/{task.view}"
+    if monthly is not None:  # the cube's whole shard in one encode pass and one file write (flair_lake.shards)
+        write_shard(lk.open_array(root, task.lake, f"{view}/monthly"), task.shard, monthly,
+                    direct=lk.direct_io(task.lake))
+    columns = {"cover": cover, "keep": keep, "n_dates": n_dates}
+    if monthly is not None:
+        columns.update(month_count=counts, month_days=days)
+    lk.write_arrays([(lk.open_array(root, task.lake, f"{view}/{k}"), v) for k, v in columns.items()], slice(a, b))
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}

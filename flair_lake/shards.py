@@ -1,0 +1,180 @@
+"""Write whole shards of a local sharded array straight to their files: one encode pass, one buffer, one write.
+
+A filter task writes its monthly cube as one whole shard (64 patches, 24.5 MB). Through zarr and zarrs that
+write copies the data three times (each inner chunk is cut out, the encoded chunks are joined, the shard is
+copied again into an aligned buffer for O_DIRECT) and allocates a fresh shard-sized buffer for each step;
+on the 2-core development machine a first touch of fresh memory runs at ~0.34 GB/s against ~8 GB/s for memory
+already mapped, so that bookkeeping cost more than the encoding itself (53 ms against 21 ms a shard).
+
+:func:`write_shard` encodes each inner chunk with the array's own Blosc settings into one page-aligned buffer
+kept by the thread, appends the shard index and its CRC32C exactly as the sharding codec lays them out
+(``index_location='end'``), and writes the file once (O_DIRECT where the filesystem takes it). Measured: 31 ms
+a shard instead of 53. It takes only the layouts it knows (sharding over (bytes[, blosc]) with a
+(bytes, crc32c) index at the end, shards split along the first axis only, a local store, a little-endian
+machine); anything else goes through zarr, so the fast path is an optimisation, never a format of its own:
+zarr reads every file it writes (tests/test_shards.py).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.storage import LocalStore
+
+_ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of the logical block size
+_EMPTY = np.uint64(2**64 - 1)  # the sharding codec's index entry of a chunk that is not stored
+_LOCAL = threading.local()  # per thread: the aligned buffer, reused (no fresh pages per shard)
+
+
+def _buffer(size: int) -> mmap.mmap:
+    """Return this thread's page-aligned scratch buffer of at least ``size`` bytes."""
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = mmap.mmap(-1, -(-size // (1 << 20)) * (1 << 20))  # whole MiB: fewer regrowths
+        _LOCAL.buf = buf
+    return buf
+
+
+def _layout(arr: zarr.Array):
+    """Return (blosc codec or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
+    if sys.byteorder != "little" or not isinstance(arr.store_path.store, LocalStore):
+        return None
+    codecs = getattr(arr.metadata, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    inner, index = tuple(sharding.codecs), tuple(sharding.index_codecs)
+    if sharding.index_location.value != "end" or len(index) != 2 or not isinstance(index[1], Crc32cCodec):
+        return None
+    if not all(isinstance(c, BytesCodec) and (c.endian is None or c.endian.value == "little")
+               for c in (inner[0], index[0])):
+        return None
+    if len(inner) > 2 or (len(inner) == 2 and not isinstance(inner[1], BloscCodec)):
+        return None
+    shard, chunk = tuple(arr.shards), tuple(arr.chunks)
+    if shard[1:] != tuple(arr.shape[1:]) or chunk[1:] != shard[1:] or shard[0] % chunk[0]:
+        return None  # only shards split into inner chunks along the first axis
+    if not arr.dtype.isnative and arr.dtype.itemsize > 1:
+        return None
+    blosc = None
+    if len(inner) == 2:
+        from numcodecs import Blosc
+
+        b = inner[1]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        blosc = Blosc(cname=b.cname.value, clevel=b.clevel, shuffle=shuffle[b.shuffle.value],
+                      blocksize=b.blocksize, typesize=b.typesize)
+    return blosc, chunk[0]
+
+
+def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool = False) -> None:
+    """Write ``data``, the rows of shard ``shard`` of ``arr`` (all of them, or the array's last rows), whole.
+
+    Equivalent to ``arr[shard * s:shard * s + len(data)] = data`` with ``s`` rows a shard, every inner chunk
+    stored (also an all-fill one, as with ``write_empty_chunks``). ``direct`` asks for O_DIRECT (the caller
+    has probed that the folder takes it). Layouts this writer does not know are written through zarr.
+    """
+    layout = _layout(arr)
+    s = int((arr.shards or arr.chunks)[0])  # an unsharded array: its chunks stand for shards
+    rows = min(s, int(arr.shape[0]) - shard * s)
+    if layout is None or data.shape != (rows, *arr.shape[1:]) or data.dtype != arr.dtype:
+        arr[shard * s:shard * s + data.shape[0]] = data
+        return
+    blosc, c = layout
+    data = np.ascontiguousarray(data)
+    n_inner = s // c
+    chunk_bytes = c * data[0].nbytes
+    index = np.full((n_inner, 2), _EMPTY, "<u8")
+    buf = _buffer(n_inner * (chunk_bytes + 64) + index.nbytes + 4 + _ALIGN)  # blosc adds at most 16 B a chunk
+    view = memoryview(buf)
+    store: LocalStore = arr.store_path.store
+    path = Path(store.root) / arr.store_path.path / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _File(path, view, direct) as out:
+        off = 0
+        for k in range(-(-rows // c)):
+            chunk = data[k * c:(k + 1) * c]
+            if chunk.shape[0] < c:  # the array's last rows: the inner chunk is padded with the fill value
+                full = np.full((c, *chunk.shape[1:]), arr.metadata.fill_value, arr.dtype)
+                full[:chunk.shape[0]] = chunk
+                chunk = full
+            raw = chunk.reshape(-1).view(np.uint8)
+            enc = memoryview(blosc.encode(raw)) if blosc is not None else memoryview(raw)
+            view[off:off + enc.nbytes] = enc
+            index[k] = off, enc.nbytes
+            off += enc.nbytes
+            out.written(off)
+        import google_crc32c
+
+        tail = index.tobytes() + np.uint32(google_crc32c.value(index.tobytes())).astype("<u4").tobytes()
+        view[off:off + len(tail)] = tail
+        out.close(off + len(tail))
+    view.release()
+
+
+_WRITER = None  # one thread a process writes the encoded front of a shard while the rest is encoded
+
+
+def _writer():
+    global _WRITER
+    if _WRITER is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _WRITER = ThreadPoolExecutor(1, thread_name_prefix="flair-lake-shard-writer")
+    return _WRITER
+
+
+class _File:
+    """The file of one shard, written from the front of ``view`` while the caller fills the rest.
+
+    ``written(n)`` says the first ``n`` bytes of ``view`` are final: whole blocks of at least 4 MiB of them are
+    handed to a writer thread, so the disk works while the next chunks encode (O_DIRECT blocks the caller for
+    the whole transfer: ~12 ms a cube shard on the development machine). ``close(size)`` writes the rest, the
+    padding of O_DIRECT cut off, and waits for every write. An exception removes nothing: the shard's task
+    has not written its marker, so a rerun rewrites the file.
+    """
+
+    STEP = 4 << 20
+
+    def __init__(self, path: Path, view: memoryview, direct: bool):
+        self.view, self.direct, self.sent, self.pending = view, direct, 0, []
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0), 0o644)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            os.close(self.fd)
+
+    def written(self, n: int) -> None:
+        end = n // _ALIGN * _ALIGN
+        if end - self.sent >= self.STEP:
+            self.pending.append(_writer().submit(_pwrite, self.fd, self.view[self.sent:end], self.sent))
+            self.sent = end
+
+    def close(self, size: int) -> None:
+        length = -(-size // _ALIGN) * _ALIGN if self.direct else size
+        _pwrite(self.fd, self.view[self.sent:length], self.sent)
+        for f in self.pending:
+            f.result()
+        self.pending = []
+        if length != size:
+            os.ftruncate(self.fd, size)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``."""
+    done = 0
+    while done < data.nbytes:
+        done += os.pwrite(fd, data[done:], offset + done)
