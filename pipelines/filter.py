@@ -83,6 +83,7 @@ class FilterTask:
 
 
 COORDS = (lk.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")
+REPORT_COORDS = ("patch_id", "domain")  # read with COORDS for the report
 
 
 def filter_shard(task: FilterTask) -> dict:
@@ -163,7 +164,10 @@ def _filter_shard(task: FilterTask) -> dict:
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}
     root.create_group(lk.shard_marker(task.shard, f"{schema.VIEWS_GROUP}/{task.view}/done"), attributes=report,
                       overwrite=True)
-    return {"shard": task.shard, **report}
+    # what the coordinator's report needs of these rows, so that it need not read them back
+    columns = {"kept": keep.sum(1, dtype=np.int16), "n_dates": n_dates,
+               "clear_months": (counts > 0).sum(1, dtype=np.int8) if monthly is not None else None}
+    return {"shard": task.shard, **report, "columns": columns}
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
@@ -179,10 +183,9 @@ def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int,
     path = f"{schema.VIEWS_GROUP}/{name}"
     vg = root.get(path)
     if vg is None:
-        vg = root.create_group(path)
-        vg.attrs.update({"params": dataclasses.asdict(cfg), "window": window, "complete": False,
-                         "created": lk.now_iso(),
-                         "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
+        vg = root.create_group(path, attributes={
+            "params": dataclasses.asdict(cfg), "window": window, "complete": False, "created": lk.now_iso(),
+            "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
         z = lk.compressors("zstd")
         specs = {
             "cover": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
@@ -251,7 +254,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     n = lk.n_rows(root)
     per_shard = int(root.attrs["patches_per_shard"])
     _create_or_grow_view(root, name, cfg, n, t_max, window)
-    coords = lk.read_arrays(root, COORDS)
+    coords = lk.read_arrays(root, COORDS + REPORT_COORDS)
     status = coords[lk.STATUS_ARRAY]
     summary = FilterSummary(lake=lake, view=name)
     tasks = []
@@ -265,7 +268,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
             summary.shards_skipped += 1
             continue
         tasks.append(FilterTask(lake, name, s, (a, b), cfg, t_max, window, storage_options,
-                                {k: v[a:b] for k, v in coords.items()}))
+                                {k: coords[k][a:b] for k in COORDS}))
     if len(tasks) > 1:  # largest first (a task's time follows the size of the areas it reads): fewer idle workers
         zone = coords["zone"]
         area_size = np.array([math.prod(shapes.get(a, (0,))) for a in root.attrs["areas"]], np.int64)
@@ -283,9 +286,9 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         run_id = f"filter-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
         lk.update_run(root, run_id, command="filter", view=name, status="running", started=lk.now_iso(),
                       params=params)
-    if tasks:
-        _run_tasks(tasks, scheduler, workers, progress, summary)
-    report = build_report(root, name)
+    results = _run_tasks(tasks, scheduler, workers, progress, summary) if tasks else []
+    every_shard = summary.shards_skipped == 0 and len(results) == len(tasks) and bool(tasks)
+    report = build_report(root, name, coords, results if every_shard else None)
     summary.patches = int((status == lk.STATUS_OK).sum())
     summary.seconds = time.perf_counter() - t0
     summary.report = report
@@ -296,35 +299,53 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     return summary
 
 
-def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> None:
-    """Map the shard tasks over the cluster, counting the shards written."""
+def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> list[dict]:
+    """Map the shard tasks over the cluster, counting the shards written; return the tasks' results."""
     from pipelines.cluster import run_tasks
 
-    for _ in run_tasks([(filter_shard, tasks)], scheduler=scheduler, workers=workers, desc="filter",
-                       progress=progress):
+    results = []
+    for result in run_tasks([(filter_shard, tasks)], scheduler=scheduler, workers=workers, desc="filter",
+                            progress=progress):
         summary.shards_written += 1
+        results.append(result)
+    return results
 
 
-def build_report(root, name: str) -> dict:
-    """Return the view's report: dates kept and dropped per domain, clear-month histogram, empty patches."""
+def build_report(root, name: str, coords: dict | None = None, results: list[dict] | None = None) -> dict:
+    """Return the view's report: dates kept and dropped per domain, clear-month histogram, empty patches.
+
+    ``coords`` (status, domain, patch_id of every row) and ``results`` (the tasks' per-row columns, when the run
+    wrote every shard of the view) spare reading them back from the lake.
+    """
     path = f"{schema.VIEWS_GROUP}/{name}"
     vg = root[path]
-    cols = lk.read_arrays(root, [lk.STATUS_ARRAY, "patch_id", "domain", f"{path}/keep", f"{path}/n_dates"]
-                          + ([f"{path}/month_count"] if "month_count" in vg else []))
+    monthly = "month_count" in vg
+    need = [k for k in (lk.STATUS_ARRAY, "patch_id", "domain") if coords is None or k not in coords]
+    if results is None:
+        need += [f"{path}/keep", f"{path}/n_dates"] + ([f"{path}/month_count"] if monthly else [])
+    cols = {**(coords or {}), **lk.read_arrays(root, need)}
+    n = cols[lk.STATUS_ARRAY].shape[0]
+    if results is None:
+        kept, n_dates = cols[f"{path}/keep"].sum(1), cols[f"{path}/n_dates"]
+        clear_months = (cols[f"{path}/month_count"] > 0).sum(1) if monthly else None
+    else:
+        kept, n_dates = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        clear_months = np.zeros(n, np.int64) if monthly else None
+        for r in results:
+            a, b = r["rows"]
+            kept[a:b], n_dates[a:b] = r["columns"]["kept"], r["columns"]["n_dates"]
+            if monthly:
+                clear_months[a:b] = r["columns"]["clear_months"]
     ok = cols[lk.STATUS_ARRAY] == lk.STATUS_OK
-    keep = cols[f"{path}/keep"][ok]
-    n_dates = cols[f"{path}/n_dates"][ok].astype(np.int64)
-    ids = cols["patch_id"][ok]
-    dom = cols["domain"][ok]
+    kept, n_dates = kept[ok].astype(np.int64), n_dates[ok].astype(np.int64)
+    ids, dom = cols["patch_id"][ok], cols["domain"][ok]
     domains = root.attrs["domains"]
-    kept = keep.sum(1)
     per_domain = {}
     for d in np.unique(dom):
         sel = dom == d
         per_domain[domains[int(d)]] = {"kept": int(kept[sel].sum()), "dropped": int((n_dates - kept)[sel].sum())}
     report = {"per_domain": per_domain, "patches": int(ok.sum()),
               "no_clear_date": [int(i) for i in ids[kept == 0]]}
-    if f"{path}/month_count" in cols:
-        clear_months = (cols[f"{path}/month_count"][ok] > 0).sum(1)
-        report["clear_month_histogram"] = np.bincount(clear_months, minlength=MONTHS + 1).tolist()
+    if monthly:
+        report["clear_month_histogram"] = np.bincount(clear_months[ok], minlength=MONTHS + 1).tolist()
     return report

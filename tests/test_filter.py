@@ -17,7 +17,7 @@ from flair_lake.cli import main
 from flair_lake.config import FilterConfig, IngestConfig, SynthConfig
 from flair_lake.raw import names
 from flair_lake.synth import synthesize
-from pipelines.filter import run_filter
+from pipelines.filter import build_report, run_filter
 from pipelines.ingest import ingest
 
 
@@ -119,6 +119,8 @@ def test_views_noop_other_params_overwrite_and_report(lake_copy):
     vg = zarr.open_group(lake_copy, mode="r")[f"views/{first.view}"]
     assert vg.attrs["params"]["max_cover"] == 0.2 and "monthly" not in vg
     rep = zarr.open_group(lake_copy, mode="r")[f"views/{other.view}"].attrs["report"]
+    # the run built its report from what its tasks returned; read back from the lake it is the same
+    assert build_report(zarr.open_group(lake_copy, mode="r"), other.view) == rep
     assert sum(rep["clear_month_histogram"]) == rep["patches"] == 32
     assert len(rep["no_clear_date"]) >= 1  # the synthetic tree parks a cloud over one zone all year
     # a patch with no clear date is valid output: count 0 everywhere, cube all zeros, never NaN
