@@ -106,7 +106,8 @@ def _filter_shard(task: FilterTask) -> dict:
     cover = np.zeros((n, task.t_max), np.float32)
     keep = np.zeros((n, task.t_max), bool)
     n_dates = np.zeros(n, np.int16)
-    monthly = np.zeros((n, MONTHS, 10, w, w), np.uint16) if task.cfg.monthly else None
+    # not zero-filled: the composites write every (patch, month) that has a kept date, the rest is zeroed after
+    monthly = np.empty((n, MONTHS, 10, w, w), np.uint16) if task.cfg.monthly else None
     counts = np.zeros((n, MONTHS), np.uint8)
     days = np.zeros((n, MONTHS), np.int16)
     areas = root.attrs["areas"]
@@ -150,6 +151,8 @@ def _filter_shard(task: FilterTask) -> dict:
                 monthly[sub] = comp
             days[sub] = month_day_offsets(task.cfg.ref_year or int(y))
         phases["composite"] += time.perf_counter() - t0
+    if monthly is not None:
+        monthly[counts == 0] = 0  # empty months, and the rows of patches without Sentinel data
     t0 = time.perf_counter()
     view = f"{schema.VIEWS_GROUP}/{task.view}"
     if monthly is not None:  # the cube's whole shard in one encode pass and one file write (flair_lake.shards)

@@ -46,6 +46,20 @@ def test_window_cover_equals_cropped_cover(seed, combine):
         np.testing.assert_array_equal(fast[i], cover_fraction(_crop(masks, o), min_prob=60, combine=combine))
 
 
+def test_window_cover_past_16_bits_of_integral_image():
+    """An area whose covered pixels number far more than 2**16 (the integral image wraps around): every window's
+    cover is still exact, with the real 40 px window and both ways of combining."""
+    rng = np.random.default_rng(7)
+    masks = rng.choice(np.array([0, 60, 100], np.uint8), size=(3, 2, 301, 287), p=[0.2, 0.4, 0.4])
+    origins = np.stack([rng.integers(0, 301 - 40, 25), rng.integers(0, 287 - 40, 25)], axis=1)
+    origins[0] = 301 - 40, 287 - 40  # the last corner of the area
+    for combine in ("union", "sum"):
+        fast = window_cover(masks, origins, window=40, min_prob=60, combine=combine)
+        for i, (r, c) in enumerate(origins):
+            crop = masks[..., r:r + 40, c:c + 40]
+            np.testing.assert_array_equal(fast[i], cover_fraction(crop, min_prob=60, combine=combine))
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), c1=st.floats(0, 1), c2=st.floats(0, 1), p1=st.floats(0, 101),
        p2=st.floats(0, 101), combine=st.sampled_from(["union", "sum"]))

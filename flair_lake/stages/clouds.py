@@ -69,11 +69,17 @@ def window_cover(masks: np.ndarray, origins: np.ndarray, *, window: int, min_pro
     else:
         raise ValueError(f"combine must be 'union' or 'sum', got {combine!r}")
     t, h, w = flags.shape
-    ii = np.zeros((t, h + 1, w + 1), np.int32)
-    np.cumsum(flags, axis=2, dtype=np.int32, out=ii[:, 1:, 1:])  # along each row: numpy's fast (last) axis
-    for r in range(2, h + 1):  # then down the rows, one vector add per row: 3x faster than cumsum on axis 1
+    # The integral image in uint16 (wrapping: a difference modulo 2**16 is exact, since a window's count is at most
+    # 2 * window**2 < 2**16), built by one vector add per row, down the rows and then (transposed) along them:
+    # 2.5x faster than np.cumsum along the last axis in int32.
+    ii = np.zeros((t, h + 1, w + 1), np.uint16 if 2 * window * window < 1 << 16 else np.int64)
+    ii[:, 1:, 1:] = flags
+    for r in range(2, h + 1):
         np.add(ii[:, r], ii[:, r - 1], out=ii[:, r])
+    ii = np.ascontiguousarray(ii.transpose(0, 2, 1))  # (t, w + 1, h + 1): now the columns are rows
+    for c in range(2, w + 1):
+        np.add(ii[:, c], ii[:, c - 1], out=ii[:, c])
     r0, c0 = origins[:, 0], origins[:, 1]
     r1, c1 = r0 + window, c0 + window
-    counts = ii[:, r1, c1] - ii[:, r0, c1] - ii[:, r1, c0] + ii[:, r0, c0]  # (T, P)
-    return (counts.T / np.float32(window * window)).astype(np.float32)
+    counts = ii[:, c1, r1] - ii[:, c1, r0] - ii[:, c0, r1] + ii[:, c0, r0]  # (T, P), modulo 2**16
+    return (counts.T / np.float64(window * window)).astype(np.float32)  # as cover_fraction: int / float64

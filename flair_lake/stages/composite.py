@@ -52,8 +52,9 @@ def composite_windows(data: np.ndarray, months: np.ndarray, keep: np.ndarray, or
         reducer: 'mean' or 'median'.
         clear: optional (T, H, W) bool clear pixels; when given, only clear pixels of kept dates are reduced
             (a pixel never clear in a month falls back to all kept dates of that month).
-        out: optional zero-filled (P, 12, C, window, window) uint16 array to fill and return (e.g. a view
-            into a shard's cube: no copy).
+        out: optional (P, 12, C, window, window) uint16 array to fill and return (e.g. a view into a shard's
+            cube: no copy). Every (patch, month) with a kept date is written; the others are left as they are,
+            so ``out`` must be zero-filled, or zeroed where ``counts == 0`` after.
 
     Returns:
         composite (P, 12, C, window, window) uint16 (``out`` when given), 0 in months without a kept date;
@@ -162,8 +163,11 @@ def _mean_by_pattern(data: np.ndarray, months: np.ndarray, keep: np.ndarray, ori
                     np.divide(mbox, cbox, out=mbox)
                 np.rint(mbox, out=mbox)
                 np.copyto(box, mbox, where=cbox > 0)
-            windows = np.lib.stride_tricks.sliding_window_view(box.astype(np.uint16), (window, window), axis=(1, 2))
-            out[members, m] = windows[:, origins[members, 0] - r0, origins[members, 1] - c0].swapaxes(0, 1)
+            box16 = box.astype(np.uint16)
+            # one slice copy per member: twice as fast as a fancy-indexed gather of the windows
+            for i, r, c in zip(members.tolist(), (origins[members, 0] - r0).tolist(),
+                               (origins[members, 1] - c0).tolist()):
+                out[i, m] = box16[:, r:r + window, c:c + window]
     return out
 
 
