@@ -21,7 +21,7 @@ from flair_lake import schema
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError
 from flair_lake.info import report_lines
-from flair_lake.shards import write_shard
+from flair_lake.chunkio import write_shard
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
 
@@ -155,7 +155,7 @@ def _filter_shard(task: FilterTask) -> dict:
         monthly[counts == 0] = 0  # empty months, and the rows of patches without Sentinel data
     t0 = time.perf_counter()
     view = f"{schema.VIEWS_GROUP}/{task.view}"
-    if monthly is not None:  # the cube's whole shard in one encode pass and one file write (flair_lake.shards)
+    if monthly is not None:  # the cube's whole shard in one encode pass and one file write (flair_lake.chunkio)
         write_shard(lk.open_array(root, task.lake, f"{view}/monthly"), task.shard, monthly,
                     direct=lk.direct_io(task.lake))
     columns = {"cover": cover, "keep": keep, "n_dates": n_dates}

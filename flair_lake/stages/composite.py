@@ -103,9 +103,13 @@ def _month_sums(values, months: np.ndarray, planes: np.ndarray | None = None) ->
     wanted = np.flatnonzero(months >= 0)
     if wanted.size == 0:
         return out, kept
-    step = values.shape[0] if isinstance(values, np.ndarray) else int(values.chunks[0])
-    for t0 in range(int(wanted[0]) // step * step, int(wanted[-1]) + 1, step):
-        block = values[t0:t0 + step]
+    if isinstance(values, np.ndarray):
+        blocks = [(0, values)]
+    else:  # one chunk of dates at a time, decoded into one reused buffer (flair_lake.chunkio)
+        from flair_lake.chunkio import iter_blocks
+
+        blocks = iter_blocks(values, int(wanted[0]), int(wanted[-1]) + 1)
+    for t0, block in blocks:
         for t in range(t0, t0 + block.shape[0]):
             if months[t] >= 0:
                 np.add(out[months[t]], block[t - t0], out=out[months[t]])

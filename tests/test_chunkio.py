@@ -1,5 +1,5 @@
-"""The whole-shard writer: what it writes, zarr reads back exactly (both codec pipelines); what it does not
-know, it leaves to zarr."""
+"""Direct chunk I/O: what the shard writer writes, zarr reads back exactly (both codec pipelines); what the block
+reader reads equals zarr's reads; layouts they do not know are left to zarr."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from flair_lake import lake as lk
-from flair_lake.shards import _layout, write_shard
+from flair_lake.chunkio import _layout, iter_blocks, write_shard
 
 ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x cols, smaller)
 
@@ -71,3 +71,33 @@ def test_layouts_it_does_not_know_go_through_zarr(tmp_path):
     arr = _array(tmp_path / "short", "lz4", rows=8)
     write_shard(arr, 0, values[:3])  # fewer rows than the shard holds (not the last shard): zarr writes them
     assert np.array_equal(_read(tmp_path / "short", "python")[:3], values[:3])
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
+def test_blocks_equal_what_zarr_reads(tmp_path, codec):
+    """Chunk by chunk, from any start to any stop, the array's last partial chunk and a chunk never written (the
+    fill value) included, the blocks are zarr's own reads; the fast path decodes into one reused buffer."""
+    rng = np.random.default_rng(11)
+    values = rng.integers(0, 4096, (23, *ROW)).astype(np.uint16)
+    values[8:12] = 3  # a whole chunk of the fill value: zarr does not store it
+    arr = zarr.create_array(str(tmp_path / "a"), shape=values.shape, chunks=(4, *ROW), dtype="uint16",
+                            fill_value=3, compressors=lk.compressors(codec, typesize=2))
+    arr[:] = values
+    assert not (tmp_path / "a" / "c" / "2").exists()
+    for start, stop in ((0, None), (5, 14), (9, 10), (20, 23)):
+        blocks = [(row, block.copy()) for row, block in iter_blocks(arr, start, stop)]
+        assert blocks[0][0] <= start and blocks[0][0] % 4 == 0
+        assert blocks[-1][0] + len(blocks[-1][1]) >= (stop or 23)
+        for row, block in blocks:
+            np.testing.assert_array_equal(block, values[row:row + len(block)])
+    first, second = [block for _, (_, block) in zip(range(2), iter_blocks(arr))]
+    assert np.shares_memory(first, second)  # read from the files here, not through zarr
+
+
+def test_blocks_of_sharded_arrays_come_through_zarr(tmp_path):
+    values = np.arange(8 * np.prod(ROW), dtype=np.uint16).reshape(8, *ROW)
+    arr = _array(tmp_path / "s", "lz4", rows=8)
+    arr[:] = values
+    blocks = list(iter_blocks(arr))
+    assert [row for row, _ in blocks] == list(range(8))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), values)
