@@ -72,7 +72,7 @@ def _plain_codecs(codecs: tuple):
 def _local_rows_layout(arr: zarr.Array, unit: tuple) -> bool:
     """Return True for a local array on a little-endian machine whose ``unit`` (chunk or shard) spans every axis
     but the first."""
-    if sys.byteorder != "little" or not isinstance(arr.store_path.store, LocalStore):
+    if sys.byteorder != "little" or not hasattr(os, "pwrite") or not isinstance(arr.store_path.store, LocalStore):
         return False
     if not arr.dtype.isnative and arr.dtype.itemsize > 1:
         return False

@@ -1,7 +1,8 @@
 """Open, create and grow a lake; its run records, completion markers and views.
 
 Every read and write of the store goes through zarr's API (no filesystem calls), so a path and an object-store
-URL behave the same. Names, dims and dtypes come from :mod:`flair_lake.schema`.
+URL behave the same; the one exception, local lakes only, is the filter's two heavy transfers, in zarr's own
+layout (:mod:`flair_lake.chunkio`). Names, dims and dtypes come from :mod:`flair_lake.schema`.
 
 Crash safety: rows are appended in whole shards (a run starts at a shard boundary); each Dask task writes whole
 shards and then its own marker group ``done/s<shard>`` (whose attrs carry the task's report); the run record in
@@ -463,7 +464,8 @@ def direct_io(lake: str) -> bool:
 
 
 def direct_writes(lake: str):
-    """Return a context in which arrays opened write their chunks with O_DIRECT (zarrs, local lakes only).
+    """Return a context in which arrays opened write their chunks with O_DIRECT (zarrs, local lakes only; the
+    filter's cube shards, written by :mod:`flair_lake.chunkio`, take O_DIRECT from :func:`direct_io`).
 
     Writing a new file through the page cache makes the kernel find, fill and later write back a fresh page for
     every 4 KiB; O_DIRECT hands the encoded shard to the disk instead. Measured on the 2-core machine: 196 MB of
