@@ -32,6 +32,8 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
 
+from flair_lake.errors import LakeStateError
+
 _ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of the logical block size
 _EMPTY = np.uint64(2**64 - 1)  # the sharding codec's index entry of a chunk that is not stored
 _LOCAL = threading.local()  # per thread: the aligned buffer, reused (no fresh pages per shard)
@@ -108,7 +110,9 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
         try:
             with open(path, "rb") as f:
                 if blosc is None:
-                    f.readinto(raw)
+                    if f.readinto(raw) != raw.nbytes:
+                        raise LakeStateError(f"{path}: chunk file shorter than its {raw.nbytes} bytes; the lake "
+                                             "is damaged: `flair-lake validate` names what to rebuild")
                 else:
                     blosc.decode(f.read(), out=raw)
         except FileNotFoundError:  # a chunk never written holds the fill value

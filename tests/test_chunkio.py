@@ -8,6 +8,7 @@ import pytest
 import zarr
 
 from flair_lake import lake as lk
+from flair_lake.errors import LakeStateError
 from flair_lake.chunkio import _layout, iter_blocks, write_shard
 
 ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x cols, smaller)
@@ -101,3 +102,12 @@ def test_blocks_of_sharded_arrays_come_through_zarr(tmp_path):
     blocks = list(iter_blocks(arr))
     assert [row for row, _ in blocks] == list(range(8))
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), values)
+
+
+def test_a_truncated_uncompressed_chunk_is_an_error_not_short_data(tmp_path):
+    arr = zarr.create_array(str(tmp_path / "a"), shape=(8, *ROW), chunks=(4, *ROW), dtype="uint16", compressors=())
+    arr[:] = 1
+    chunk = tmp_path / "a" / "c" / "1" / "0" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-2])
+    with pytest.raises(LakeStateError, match="shorter than"):
+        list(iter_blocks(arr))
