@@ -1,22 +1,23 @@
 """Whole chunks and shards of local arrays, read and written straight from and to their files.
 
-The filter's two heavy transfers go through here: the Sentinel-2 series of each super-area, read one chunk of
-dates at a time, and the shard of monthly cube each task writes (64 patches, 24.5 MB). Through zarr and zarrs
-each of them copies the data more than once and, for the shard, allocates fresh shard-sized buffers at every
-step; on the 2-core development machine a first touch of fresh memory runs at ~0.34 GB/s against ~8 GB/s for
-memory already mapped, so that bookkeeping cost as much as the codec itself.
+The heavy transfers of ingest and filter go through here: the shards of aerial images and labels an ingest task
+writes (64 patches, 84 + 17 MB), the Sentinel-2 series of each super-area the filter reads one chunk of dates at
+a time, and the shard of monthly cube each filter task writes (64 patches, 24.5 MB). Through zarr and zarrs each
+of them is copied more than once into freshly allocated buffers (inner chunks cut out, encoded chunks joined,
+the shard copied again for O_DIRECT); on the 2-core development machine a first touch of fresh memory runs at
+~0.34 GB/s against ~8 GB/s for memory already mapped, so that bookkeeping cost as much as the codecs.
 
-- :func:`iter_blocks` decodes each chunk file with the array's own Blosc settings straight into one buffer
-  reused for the whole series: the filter's composite phase 0.33 -> 0.27 s for the 512-patch benchmark tree.
-- :func:`write_shard` encodes each inner chunk into one page-aligned buffer kept by the thread, appends the shard
-  index and its CRC32C exactly as the sharding codec lays them out (``index_location='end'``), and writes the
-  file once (O_DIRECT where the filesystem takes it), the front of it while the rest still encodes: 31 ms a
-  cube shard instead of 53.
+- :func:`write_shard` encodes each inner chunk with the array's own codec (the numcodecs codec zarr calls) into
+  one page-aligned buffer kept by the thread, appends the shard index and its CRC32C exactly as the sharding
+  codec lays them out (``index_location='end'``), and writes the file once (O_DIRECT where the filesystem takes
+  it), its front by a writer thread while the rest still encodes: a cube shard 53 -> 31 ms.
+- :func:`iter_blocks` decodes each chunk file straight into one buffer reused for the whole series: the
+  filter's composite phase 0.33 -> 0.27 worker-s for the 512-patch benchmark tree.
 
-Both take only the layouts they know (unsharded, or sharded over (bytes[, blosc]) with a (bytes, crc32c) index
-at the end; chunks split along the first axis only; a local store; a little-endian machine). Anything else goes
-through zarr, so this is an optimisation, never a format of its own: zarr reads every file written here, and
-what is read here equals what zarr reads (tests/test_chunkio.py).
+Both take only the layouts they know: bytes and at most one Blosc or Zstd, unsharded (reading) or sharded with a
+(bytes, crc32c) index at the end (writing); chunks split along the first axis only; a local store; a
+little-endian machine. Anything else goes through zarr, so this is an optimisation, never a format of its own:
+zarr reads every file written here, and what is read here equals what zarr reads (tests/test_chunkio.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from flair_lake.errors import LakeStateError
@@ -58,8 +59,8 @@ def _blosc(codec: BloscCodec):
 
 
 def _plain_codecs(codecs: tuple):
-    """Return (True, blosc or None) when ``codecs`` are bytes (little-endian) then at most a Blosc, else
-    (False, None)."""
+    """Return (True, compressor or None) when ``codecs`` are bytes (little-endian) then at most one Blosc or Zstd
+    (as the numcodecs codec that zarr itself calls), else (False, None)."""
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return False, None
     if codecs[0].endian is not None and codecs[0].endian.value != "little":
@@ -68,6 +69,10 @@ def _plain_codecs(codecs: tuple):
         return True, None
     if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
         return True, _blosc(codecs[1])
+    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
+        from numcodecs import Zstd
+
+        return True, Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
     return False, None
 
 
@@ -92,12 +97,12 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
     covering rows ``start`` to ``stop`` (whole chunks: the first and last blocks may reach beyond them).
 
     Each block is decoded into one buffer reused for the next one: copy what must outlive the iteration step.
-    Unsharded local arrays of bytes[+blosc] are read from their files here; any other array through zarr.
+    Unsharded local arrays of bytes[+blosc|zstd] are read from their files here; any other array through zarr.
     """
     stop = int(arr.shape[0]) if stop is None else min(stop, int(arr.shape[0]))
     c = int(arr.chunks[0])
     first = start // c * c
-    ok, blosc = _plain_codecs(tuple(getattr(arr.metadata, "codecs", ()))) if arr.shards is None else (False, None)
+    ok, comp = _plain_codecs(tuple(getattr(arr.metadata, "codecs", ()))) if arr.shards is None else (False, None)
     if not (ok and _local_rows_layout(arr, arr.chunks)):
         for row in range(first, stop, c):
             yield row, arr[row:row + c]
@@ -109,19 +114,24 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
         path = _chunk_path(arr, row // c)
         try:
             with open(path, "rb") as f:
-                if blosc is None:
+                if comp is None:
                     if f.readinto(raw) != raw.nbytes:
                         raise LakeStateError(f"{path}: chunk file shorter than its {raw.nbytes} bytes; the lake "
                                              "is damaged: `flair-lake validate` names what to rebuild")
                 else:
-                    blosc.decode(f.read(), out=raw)
+                    comp.decode(f.read(), out=raw)
         except FileNotFoundError:  # a chunk never written holds the fill value
             buf[...] = arr.metadata.fill_value
         yield row, buf[:n]
 
 
+def _max_encoded(nbytes: int) -> int:
+    """Return a bound on the encoded size of ``nbytes`` bytes: Blosc adds at most 16 bytes, Zstd ~1/256 + 64."""
+    return nbytes + nbytes // 128 + 1024
+
+
 def _layout(arr: zarr.Array):
-    """Return (blosc codec or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
+    """Return (compressor or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
     codecs = getattr(arr.metadata, "codecs", ())
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not _local_rows_layout(arr, arr.shards):
         return None
@@ -130,11 +140,11 @@ def _layout(arr: zarr.Array):
     if sharding.index_location.value != "end" or len(index) != 2 or not isinstance(index[1], Crc32cCodec) or \
             not _plain_codecs(index[:1])[0]:
         return None
-    ok, blosc = _plain_codecs(tuple(sharding.codecs))
+    ok, comp = _plain_codecs(tuple(sharding.codecs))
     chunk = tuple(arr.chunks)
     if not ok or chunk[1:] != tuple(arr.shards[1:]) or arr.shards[0] % chunk[0]:
         return None  # only shards split into inner chunks along the first axis
-    return blosc, chunk[0]
+    return comp, chunk[0]
 
 
 def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool = False) -> None:
@@ -150,12 +160,12 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
     if layout is None or data.shape != (rows, *arr.shape[1:]) or data.dtype != arr.dtype:
         arr[shard * s:shard * s + data.shape[0]] = data
         return
-    blosc, c = layout
+    comp, c = layout
     data = np.ascontiguousarray(data)
     n_inner = s // c
     chunk_bytes = c * data[0].nbytes
     index = np.full((n_inner, 2), _EMPTY, "<u8")
-    buf = _buffer(n_inner * (chunk_bytes + 64) + index.nbytes + 4 + _ALIGN)  # blosc adds at most 16 B a chunk
+    buf = _buffer(n_inner * _max_encoded(chunk_bytes) + index.nbytes + 4 + _ALIGN)
     view = memoryview(buf)
     path = _chunk_path(arr, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +178,7 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
                 full[:chunk.shape[0]] = chunk
                 chunk = full
             raw = chunk.reshape(-1).view(np.uint8)
-            enc = memoryview(blosc.encode(raw)) if blosc is not None else memoryview(raw)
+            enc = memoryview(comp.encode(raw)) if comp is not None else memoryview(raw)
             view[off:off + enc.nbytes] = enc
             index[k] = off, enc.nbytes
             off += enc.nbytes

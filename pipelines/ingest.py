@@ -21,6 +21,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake.chunkio import write_shard
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, RawFormatError
 from flair_lake.raw import names
@@ -114,11 +115,18 @@ def write_patch_shard(task: ShardTask) -> dict:
     sums = grid.sum(axis=(0, 2, 3), dtype=np.float64)
     sq = np.square(grid).sum(axis=(0, 2, 3), dtype=np.float64)
     rows = slice(task.row0, task.row0 + n)
-    # encoded in Rust and written past the page cache (local lakes)
+    # the image shards straight to their files, in zarr's layout (flair_lake.chunkio; O_DIRECT on local lakes);
+    # the small columns encoded in Rust
     with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
         root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
-        root["aerial"][rows] = aerial
-        root["label"][rows] = label
+        direct = lk.direct_io(task.lake)
+        for name, values in (("aerial", aerial), ("label", label)):
+            arr = root[name]
+            s = (arr.shards or arr.chunks)[0]
+            if task.row0 % s == 0:
+                write_shard(arr, task.row0 // s, values, direct=direct)
+            else:  # rows that do not start a shard (a layout this ingest does not make): through zarr
+                arr[rows] = values
         root["transform"][rows] = transform
         root["crs_epsg"][rows] = epsg
         root[lk.STATUS_ARRAY][rows] = status

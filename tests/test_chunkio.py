@@ -9,7 +9,7 @@ import zarr
 
 from flair_lake import lake as lk
 from flair_lake.errors import LakeStateError
-from flair_lake.chunkio import _layout, iter_blocks, write_shard
+from flair_lake.chunkio import _layout, _max_encoded, iter_blocks, write_shard
 
 ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x cols, smaller)
 
@@ -51,11 +51,21 @@ def test_whole_shards_read_back_exactly(tmp_path, codec, direct):
 
 
 def test_bool_and_single_byte_arrays(tmp_path):
+    """Single-byte arrays take plain Zstd (the aerial images and labels): bool, and random bytes that Zstd cannot
+    compress (its output is larger than its input)."""
     arr = _array(tmp_path / "b", "zstd", rows=6, dtype="bool", fill=False)
+    assert _layout(arr) is not None
     values = np.random.default_rng(1).random((6, *ROW)) > 0.5
     write_shard(arr, 0, values[:4])
     write_shard(arr, 1, values[4:])
     assert np.array_equal(_read(tmp_path / "b", "python"), values)
+    noise = np.random.default_rng(2).integers(0, 256, (4, 5, 64, 64), dtype=np.uint8)
+    arr = zarr.create_array(str(tmp_path / "u"), shape=noise.shape, chunks=(1, 5, 64, 64), shards=noise.shape,
+                            dtype="uint8", compressors=lk.compressors("zstd", 1))
+    assert _layout(arr) is not None
+    write_shard(arr, 0, noise, direct=lk._direct_io_supported(str(tmp_path)))
+    for pipeline in ("python", "zarrs"):
+        assert np.array_equal(_read(tmp_path / "u", pipeline), noise)
 
 
 def test_layouts_it_does_not_know_go_through_zarr(tmp_path):
@@ -111,3 +121,17 @@ def test_a_truncated_uncompressed_chunk_is_an_error_not_short_data(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-2])
     with pytest.raises(LakeStateError, match="shorter than"):
         list(iter_blocks(arr))
+
+
+def test_the_shard_buffer_bounds_incompressible_chunks():
+    """What the shard buffer reserves per chunk holds the codecs' worst case: random bytes, small and large."""
+    import numcodecs
+
+    rng = np.random.default_rng(4)
+    codecs = [numcodecs.Zstd(level=1), numcodecs.Zstd(level=3),
+              numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE, typesize=2),
+              numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE, typesize=2)]
+    for n in (1, 100, 4096, 131_072, 1_310_720):
+        raw = rng.integers(0, 256, n, dtype=np.uint8)
+        for codec in codecs:
+            assert len(codec.encode(raw)) <= _max_encoded(n), (codec, n)
