@@ -261,13 +261,12 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     status = coords[lk.STATUS_ARRAY]
     summary = FilterSummary(lake=lake, view=name)
     tasks = []
-    done = root.get(f"{path}/done")  # one listing of the markers instead of a look-up per shard
-    finished = {name for name, _ in done.groups()} if done is not None else set()
+    finished = lk.read_markers(root, f"{path}/done")
     for s in range(math.ceil(n / per_shard)):
         a, b = s * per_shard, min((s + 1) * per_shard, n)
         if not (status[a:b] == lk.STATUS_OK).any():
             continue
-        if lk.marker_name(s) in finished:
+        if s in finished:
             summary.shards_skipped += 1
             continue
         tasks.append(FilterTask(lake, name, s, (a, b), cfg, t_max, window, storage_options,

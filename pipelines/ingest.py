@@ -391,10 +391,11 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
 
     # 3. tasks: shards without a marker, super-areas not yet complete
     shard_tasks, area_tasks = [], []
+    complete = lk.read_markers(root)
     for _, rows, patches, areas in work:
         for s0 in range(rows.start, rows.stop, per_shard):
             shard = s0 // per_shard
-            if lk.read_marker(root, shard) is not None:
+            if shard in complete:
                 summary.shards_skipped += 1
                 continue
             chunk = patches[s0 - rows.start: s0 - rows.start + per_shard]
@@ -410,7 +411,8 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     written = _run_tasks(shard_tasks, area_tasks, cfg, progress, summary) if shard_tasks or area_tasks else set()
 
     # 4. outcome: per-run counts, quarantine, statistics; runs that were resumed are complete now
-    reports = {s: lk.read_marker(root, s) for _, rows, _, _ in work
+    complete = lk.read_markers(root)
+    reports = {s: complete.get(s) for _, rows, _, _ in work
                for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))}
     quarantine = dict(root.attrs.get("quarantine", {}))
     run_bad: dict[str, set[int]] = {}
@@ -441,7 +443,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     quarantine.update({str(k): v for k, v in new_problems.items()})
     summary.quarantined.update(new_problems)
     root.attrs["quarantine"] = quarantine
-    _update_band_stats(root)
+    _update_band_stats(root, complete)
     summary.seconds = time.perf_counter() - t0
     if new or new_problems:  # this run's quarantine: patches its tasks rejected and those its plan left out
         ids = run_bad.get(run_id, set()) | set(new_problems)
@@ -469,12 +471,11 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
     return written
 
 
-def _update_band_stats(root) -> None:
-    """Recompute per-band mean and std of the aerial bands (from shard reports) and Sentinel clear pixels."""
+def _update_band_stats(root, markers: dict[int, dict]) -> None:
+    """Recompute per-band mean and std of the aerial bands (from the reports of every complete shard,
+    ``markers``) and of the Sentinel clear pixels."""
     tot, sq, n = np.zeros(5), np.zeros(5), 0
-    done = root.get(schema.DONE_GROUP)
-    for _, marker in done.groups() if done is not None else ():  # one listing, not one look-up per shard
-        rep = marker.attrs
+    for rep in markers.values():
         tot += rep["aerial_sum"]
         sq += rep["aerial_sumsq"]
         n += rep["pixels"]
