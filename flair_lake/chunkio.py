@@ -101,7 +101,7 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
     """
     stop = int(arr.shape[0]) if stop is None else min(stop, int(arr.shape[0]))
     c = int(arr.chunks[0])
-    first = start // c * c
+    first = max(start, 0) // c * c
     ok, comp = _plain_codecs(tuple(getattr(arr.metadata, "codecs", ()))) if arr.shards is None else (False, None)
     if not (ok and _local_rows_layout(arr, arr.chunks)):
         for row in range(first, stop, c):
@@ -114,15 +114,49 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
         path = _chunk_path(arr, row // c)
         try:
             with open(path, "rb") as f:
-                if comp is None:
-                    if f.readinto(raw) != raw.nbytes:
-                        raise LakeStateError(f"{path}: chunk file shorter than its {raw.nbytes} bytes; the lake "
-                                             "is damaged: `flair-lake validate` names what to rebuild")
-                else:
-                    comp.decode(f.read(), out=raw)
+                data = f.read()
         except FileNotFoundError:  # a chunk never written holds the fill value
             buf[...] = arr.metadata.fill_value
+            yield row, buf[:n]
+            continue
+        size = _decoded_size(comp, data)  # decoding into ``out`` would not notice a short chunk
+        if size == -1:  # a frame that does not say: decode it apart
+            data, comp = comp.decode(data), None
+            size = len(data)
+        if size != raw.nbytes:
+            raise LakeStateError(f"{path}: chunk file does not hold the {raw.nbytes} bytes of a chunk; the lake is "
+                                 "damaged: `flair-lake validate` names what to rebuild")
+        if comp is None:
+            raw[:] = np.frombuffer(data, np.uint8)
+        else:
+            comp.decode(data, out=raw)
         yield row, buf[:n]
+
+
+def _decoded_size(comp, data: bytes) -> int:
+    """Return the size ``data`` decodes to, from its Blosc or Zstd frame header (nothing is decoded): -1 when the
+    header does not say, -2 when it is too short to be one."""
+    if comp is None:
+        return len(data)
+    from numcodecs import Blosc
+
+    if isinstance(comp, Blosc):  # the Blosc header: version, flags, typesize, then nbytes (uint32, little-endian)
+        return int.from_bytes(data[4:8], "little") if len(data) >= 16 else -2
+    return _zstd_content_size(data)
+
+
+def _zstd_content_size(data: bytes) -> int:
+    """Return the content size of a single Zstd frame, as its header declares it (-1 when it does not)."""
+    if len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":
+        return -1
+    fhd = data[4]
+    fcs_flag, single_segment, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0 or len(data) < pos + size:
+        return -1
+    value = int.from_bytes(data[pos:pos + size], "little")
+    return value + 256 if size == 2 else value
 
 
 def _max_encoded(nbytes: int) -> int:
@@ -133,7 +167,8 @@ def _max_encoded(nbytes: int) -> int:
 def _layout(arr: zarr.Array):
     """Return (compressor or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
     codecs = getattr(arr.metadata, "codecs", ())
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not _local_rows_layout(arr, arr.shards):
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not _local_rows_layout(arr, arr.shards) \
+            or arr.store_path.store.read_only:
         return None
     sharding = codecs[0]
     index = tuple(sharding.index_codecs)
@@ -194,6 +229,15 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
 _WRITER = None  # one thread a process writes the encoded front of a shard while the rest is encoded
 
 
+def _forget_writer() -> None:
+    global _WRITER
+    _WRITER = None  # a forked child has no writer thread: it makes its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer)
+
+
 def _writer():
     global _WRITER
     if _WRITER is None:
@@ -209,25 +253,39 @@ class _File:
     ``written(n)`` says the first ``n`` bytes of ``view`` are final: whole blocks of at least 4 MiB of them are
     handed to a writer thread, so the disk works while the next chunks encode (O_DIRECT blocks the caller for
     the whole transfer: ~12 ms a cube shard on the development machine). ``close(size)`` writes the rest, the
-    padding of O_DIRECT cut off, and waits for every write. An exception removes nothing: the shard's task
-    has not written its marker, so a rerun rewrites the file.
+    padding of O_DIRECT cut off, waits for every write and renames the file into place, as zarr's local store
+    does: a reader never sees half a shard. On an exception every queued write is waited for before the file
+    is closed and removed (no write may outlive its file descriptor, nor its buffer's next use).
     """
 
     STEP = 4 << 20
 
     def __init__(self, path: Path, view: memoryview, direct: bool):
-        self.view, self.direct, self.sent, self.pending = view, direct, 0, []
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0), 0o644)
+        self.path, self.view, self.direct, self.sent, self.pending = path, view, direct, 0, []
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+        self.fd = os.open(self.tmp, flags, 0o644)
+        self.closed = False
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         try:
-            for f in self.pending:
-                f.result()
+            self._wait()
         finally:
-            os.close(self.fd)
+            if self.fd >= 0:
+                os.close(self.fd)
+            if not self.closed:
+                self.tmp.unlink(missing_ok=True)
+
+    def _wait(self) -> None:
+        """Wait for every queued write; then raise the first error, if any."""
+        pending, self.pending = self.pending, []
+        errors = [f.exception() for f in pending]  # waits for each, whatever happened to the others
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def written(self, n: int) -> None:
         end = n // _ALIGN * _ALIGN
@@ -237,12 +295,16 @@ class _File:
 
     def close(self, size: int) -> None:
         length = -(-size // _ALIGN) * _ALIGN if self.direct else size
-        _pwrite(self.fd, self.view[self.sent:length], self.sent)
-        for f in self.pending:
-            f.result()
-        self.pending = []
+        try:
+            _pwrite(self.fd, self.view[self.sent:length], self.sent)
+        finally:
+            self._wait()
         if length != size:
             os.ftruncate(self.fd, size)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.path)
+        self.closed = True
 
 
 def _pwrite(fd: int, data: memoryview, offset: int) -> None:

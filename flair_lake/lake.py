@@ -1,8 +1,9 @@
 """Open, create and grow a lake; its run records, completion markers and views.
 
 Every read and write of the store goes through zarr's API (no filesystem calls), so a path and an object-store
-URL behave the same; the one exception, local lakes only, is the filter's two heavy transfers, in zarr's own
-layout (:mod:`flair_lake.chunkio`). Names, dims and dtypes come from :mod:`flair_lake.schema`.
+URL behave the same; the one exception, local lakes only, is the heavy transfers of ingest and filter (image
+and cube shards, Sentinel-2 chunks), in zarr's own layout (:mod:`flair_lake.chunkio`). Names, dims and dtypes
+come from :mod:`flair_lake.schema`.
 
 Crash safety: rows are appended in whole shards (a run starts at a shard boundary); each Dask task writes whole
 shards and then its own marker group ``done/s<shard>`` (whose attrs carry the task's report); the run record in

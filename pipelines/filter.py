@@ -53,14 +53,17 @@ class FilterSummary:
     patches: int = 0
     up_to_date: bool = False
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # of ``seconds``, starting a local Dask cluster (0 with --scheduler)
     report: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Return a human summary."""
         if self.up_to_date:
             return [f"view {self.view} in {self.lake} is up to date with these parameters: nothing to do"]
-        rate = self.patches / self.seconds if self.seconds else 0.0
-        out = [f"view {self.view}: {self.patches} patches filtered in {self.seconds:.1f} s ({rate:.0f} patches/s); "
+        from pipelines.cluster import rate_text
+
+        out = [f"view {self.view}: {self.patches} patches filtered "
+               f"{rate_text(self.patches, self.seconds, self.startup_seconds)}; "
                f"shards written {self.shards_written}, already complete {self.shards_skipped}"]
         out += [f"  {line}" for line in report_lines(self.report)]
         return out
@@ -305,11 +308,12 @@ def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> l
     """Map the shard tasks over the cluster, counting the shards written; return the tasks' results."""
     from pipelines.cluster import run_tasks
 
-    results = []
+    results, timing = [], {}
     for result in run_tasks([(filter_shard, tasks)], scheduler=scheduler, workers=workers, desc="filter",
-                            progress=progress):
+                            progress=progress, timing=timing):
         summary.shards_written += 1
         results.append(result)
+    summary.startup_seconds = timing.get("startup", 0.0)
     return results
 
 

@@ -56,6 +56,7 @@ class IngestSummary:
     already_present: int = 0  # patches of the tree that an earlier run had already ingested
     landed_before: int = 0  # patches of resumed runs that their interrupted session had written
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # of ``seconds``, starting a local Dask cluster (0 with --scheduler)
     raw_bytes: int = 0
 
     @property
@@ -65,8 +66,10 @@ class IngestSummary:
 
     def lines(self) -> list[str]:
         """Return a human summary."""
-        rate = self.added / self.seconds if self.seconds else 0.0
-        out = [f"ingested {self.added} patches into {self.lake} in {self.seconds:.1f} s ({rate:.0f} patches/s); "
+        from pipelines.cluster import rate_text
+
+        out = [f"ingested {self.added} patches into {self.lake} "
+               f"{rate_text(self.added, self.seconds, self.startup_seconds)}; "
                f"shards written {self.shards_written}, already complete {self.shards_skipped}; "
                f"super-areas written {self.areas_written}, already complete {self.areas_skipped}"
                + (f"; resumed {self.resumed_runs} interrupted run(s), whose {self.landed_before} other patch(es) "
@@ -458,16 +461,17 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
     from pipelines.cluster import run_tasks
 
     written: set[int] = set()
-
+    timing: dict = {}
     # longest first: the shard tasks (~0.5 s each) go before the super-areas (~0.15 s), which fill the tail
     for res in run_tasks([(write_patch_shard, shard_tasks), (write_area, area_tasks)], scheduler=cfg.scheduler,
                          workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, desc="ingest",
-                         progress=progress):
+                         progress=progress, timing=timing):
         if "shard" in res:
             summary.shards_written += 1
             written.add(int(res["shard"]))
         else:
             summary.areas_written += 1
+    summary.startup_seconds = timing.get("startup", 0.0)
     return written
 
 

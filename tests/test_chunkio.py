@@ -9,7 +9,7 @@ import zarr
 
 from flair_lake import lake as lk
 from flair_lake.errors import LakeStateError
-from flair_lake.chunkio import _layout, _max_encoded, iter_blocks, write_shard
+from flair_lake.chunkio import _decoded_size, _layout, _max_encoded, _plain_codecs, iter_blocks, write_shard
 
 ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x cols, smaller)
 
@@ -114,17 +114,34 @@ def test_blocks_of_sharded_arrays_come_through_zarr(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), values)
 
 
-def test_a_truncated_uncompressed_chunk_is_an_error_not_short_data(tmp_path):
+def test_a_damaged_chunk_is_an_error_not_short_data(tmp_path):
+    """A truncated uncompressed chunk, and a compressed chunk that decodes to fewer bytes than a chunk (Blosc and
+    Zstd would fill the front of the reused buffer and leave the previous block's rows behind), are errors that
+    name the file."""
+    import numcodecs
+
     arr = zarr.create_array(str(tmp_path / "a"), shape=(8, *ROW), chunks=(4, *ROW), dtype="uint16", compressors=())
     arr[:] = 1
     chunk = tmp_path / "a" / "c" / "1" / "0" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-2])
-    with pytest.raises(LakeStateError, match="shorter than"):
+    with pytest.raises(LakeStateError, match="does not hold"):
         list(iter_blocks(arr))
+    for codec, typesize in (("lz4", 2), ("zstd", 1)):
+        dtype = "uint16" if typesize == 2 else "uint8"
+        arr = zarr.create_array(str(tmp_path / codec), shape=(8, *ROW), chunks=(4, *ROW), dtype=dtype,
+                                compressors=lk.compressors(codec, typesize=typesize))
+        arr[:] = 5
+        comp = _plain_codecs(tuple(arr.metadata.codecs))[1]
+        short = np.zeros(np.prod(ROW) * 2, dtype)  # half a chunk, validly encoded
+        (tmp_path / codec / "c" / "1" / "0" / "0" / "0" / "0").write_bytes(comp.encode(short.view(np.uint8)))
+        with pytest.raises(LakeStateError, match="does not hold"):
+            list(iter_blocks(arr))
+        assert isinstance(comp, numcodecs.Blosc if codec == "lz4" else numcodecs.Zstd)
 
 
 def test_the_shard_buffer_bounds_incompressible_chunks():
-    """What the shard buffer reserves per chunk holds the codecs' worst case: random bytes, small and large."""
+    """What the shard buffer reserves per chunk holds the codecs' worst case (random bytes, small and large), and
+    the decoded size the block reader checks is the one in the frame header."""
     import numcodecs
 
     rng = np.random.default_rng(4)
@@ -134,4 +151,39 @@ def test_the_shard_buffer_bounds_incompressible_chunks():
     for n in (1, 100, 4096, 131_072, 1_310_720):
         raw = rng.integers(0, 256, n, dtype=np.uint8)
         for codec in codecs:
-            assert len(codec.encode(raw)) <= _max_encoded(n), (codec, n)
+            enc = codec.encode(raw)
+            assert len(enc) <= _max_encoded(n), (codec, n)
+            assert _decoded_size(codec, enc) == n, (codec, n)  # read from the frame header
+
+
+def test_a_failed_write_leaves_the_shard_as_it_was(tmp_path, monkeypatch):
+    """A shard is written to a side file and renamed into place: when a write fails (here the writer thread's,
+    as on a full disk), the error comes out once every queued write has finished, no side file is left, and the
+    shard the lake held before is intact; the next write succeeds."""
+    import errno
+
+    from flair_lake import chunkio
+
+    shape = (16, 5, 256, 256)  # 5 MiB uncompressed: its front goes to the writer thread
+    arr = zarr.create_array(str(tmp_path / "a"), shape=shape, chunks=(1, *shape[1:]), shards=shape,
+                            dtype="uint8", compressors=())
+    old = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    write_shard(arr, 0, old)
+    calls = []
+    real = chunkio._pwrite
+
+    def failing(fd, data, offset):
+        calls.append(offset)
+        if offset == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(chunkio, "_pwrite", failing)
+    with pytest.raises(OSError, match="No space"):
+        write_shard(arr, 0, np.zeros(shape, np.uint8))
+    assert len(calls) >= 2  # the background write failed, the last one still ran: all were waited for
+    assert not list((tmp_path / "a").rglob("*.partial"))
+    assert np.array_equal(_read(tmp_path / "a", "python"), old)
+    monkeypatch.setattr(chunkio, "_pwrite", real)
+    write_shard(arr, 0, old[::-1].copy())
+    assert np.array_equal(_read(tmp_path / "a", "python"), old[::-1])
