@@ -16,7 +16,8 @@ stripped; a missing, truncated or corrupt per-patch shard (or one whose marker i
 deleted in every array one ingest task writes, with its marker, and the run that wrote it is set back to
 ``running``, so that ``flair-lake ingest RAW LAKE`` rewrites exactly those shards; a view's damaged shard is
 deleted with its marker and the view marked incomplete, so that ``flair-lake filter`` with the view's parameters
-rewrites it. It then prints the commands to run next.
+rewrites it; side files left by interrupted writes (``*.partial``) are deleted. It then prints the commands to
+run next.
 """
 
 from __future__ import annotations
@@ -691,6 +692,16 @@ def _check_deep(c: _Checker) -> None:
 
 
 # --- repair -----------------------------------------------------------------------------------------------------
+def _check_leftovers(c: _Checker) -> None:
+    """No side file of an interrupted write is left (``*.partial``: zarr's local store and flair_lake.chunkio
+    write a file beside its place and rename it in; a killed write leaves it). Nothing reads them; they take
+    room. From the same listing."""
+    left = sorted(k for k in c.meta.keys if k.rsplit("/", 1)[-1].endswith(".partial"))
+    c.check(not left, f"{len(left)} file(s) left by interrupted writes (e.g. {', '.join(left[:3])}); nothing reads "
+            "them; fix: `flair-lake validate --repair` deletes them (while no ingest or filter runs on the lake)",
+            ("leftovers", tuple(left)))
+
+
 def _delete_node(store, path: str) -> None:
     """Delete a node (group or array) and everything under it."""
     from zarr.core.sync import sync
@@ -722,6 +733,12 @@ def _repair(c: _Checker, storage_options: dict | None) -> None:
     marker deleted next, the data last, so that a lake left half-repaired is still seen, and resumed, as such.
     """
     rep, root = c.report, c.root
+    for action in [a for a in rep.actions if a and a[0] == "leftovers"]:
+        from zarr.core.sync import sync
+
+        for key in action[1]:
+            sync(root.store.delete(key))
+        rep.repaired.append(f"deleted {len(action[1])} file(s) left by interrupted writes")
     shards = sorted({a[1] for a in rep.actions if a and a[0] == "shard"})
     view_shards = sorted({(a[1], a[2]) for a in rep.actions if a and a[0] == "view_shard"})
     if (shards or view_shards) and not c.layout_ok:
@@ -857,6 +874,7 @@ def validate(lake: str, *, deep: bool = False, repair: bool = False,
     _check_markers(c)
     _check_views(c)
     _check_shards_exist(c)
+    _check_leftovers(c)
     if deep:
         _check_deep(c)
     if repair and report.problems:

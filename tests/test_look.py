@@ -252,6 +252,24 @@ def test_validate_repair_leaves_a_sound_lake_alone(viewed, tmp_path):
     assert _files(path) == before
 
 
+def test_validate_names_and_repair_deletes_files_left_by_interrupted_writes(viewed, tmp_path):
+    """A write killed between its side file and the rename leaves a ``*.partial`` (zarr's own store and the
+    direct shard writer alike): validate names it, --repair deletes it and touches nothing else."""
+    path = _copy(viewed, tmp_path)
+    before = _files(path)
+    shard = _shard_file(path)
+    left = [os.path.join(os.path.dirname(shard), ".0.4242-7.partial"), os.path.join(path, "zarr.0123abcd.partial")]
+    for f in left:
+        with open(f, "wb") as fh:
+            fh.write(b"half a shard")
+    res = CliRunner().invoke(main, ["validate", path])
+    assert res.exit_code == 4 and "2 file(s) left by interrupted writes" in res.output, res.output
+    res = CliRunner().invoke(main, ["validate", path, "--repair"])
+    assert res.exit_code == 0 and "deleted 2 file(s)" in res.output, res.output
+    assert _files(path) == before
+    assert CliRunner().invoke(main, ["validate", path]).exit_code == 0
+
+
 def test_validate_errors(tmp_path):
     res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.zarr")])
     assert res.exit_code == 1 and "no lake at" in res.output
