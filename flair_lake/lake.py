@@ -197,12 +197,13 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
     root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3)
     p, s = layout.patch_size, layout.patches_per_shard
     img = {"aerial": ((0, 5, p, p), (1, 5, p, p), (s, 5, p, p)), "label": ((0, p, p), (1, p, p), (s, p, p))}
+    specs: dict[str, dict] = {}  # created in one event-loop round (create_arrays)
     for spec in schema.patch_arrays(p):
         shape, chunks, shards = img[spec.name]
-        root.create_array(spec.name, shape=shape, chunks=chunks, shards=shards, dtype=spec.dtype,
-                          fill_value=spec.fill_value, compressors=compressors(layout.codec, layout.level),
-                          dimension_names=(schema.PATCH_DIM, *spec.dims),
-                          attributes={"description": spec.description})
+        specs[spec.name] = dict(shape=shape, chunks=chunks, shards=shards, dtype=spec.dtype,
+                                fill_value=spec.fill_value, compressors=compressors(layout.codec, layout.level),
+                                dimension_names=(schema.PATCH_DIM, *spec.dims),
+                                attributes={"description": spec.description})
     for spec in (*schema.COORDS, schema.TRANSFORM):
         # columns the shard tasks write are chunked by shard, so no two tasks share a chunk
         rows = s if spec.name in TASK_WRITTEN else 65_536
@@ -211,13 +212,14 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
         attrs: dict[str, Any] = {"description": spec.description}
         if spec.name == "acquired":
             attrs.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
-        root.create_array(spec.name, shape=shape, chunks=chunks, dtype=spec.dtype, fill_value=spec.fill_value,
-                          compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM, *spec.dims),
-                          attributes=attrs)
-    root.create_array(STATUS_ARRAY, shape=(0,), chunks=(s,), dtype="uint8", fill_value=0,
-                      compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM,),
-                      attributes={"description": "0 empty or pending, 1 ingested, 2 quarantined",
-                                  "flag_values": [0, 1, 2], "flag_meanings": "empty ingested quarantined"})
+        specs[spec.name] = dict(shape=shape, chunks=chunks, dtype=spec.dtype, fill_value=spec.fill_value,
+                                compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM, *spec.dims),
+                                attributes=attrs)
+    specs[STATUS_ARRAY] = dict(shape=(0,), chunks=(s,), dtype="uint8", fill_value=0,
+                               compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM,),
+                               attributes={"description": "0 empty or pending, 1 ingested, 2 quarantined",
+                                           "flag_values": [0, 1, 2], "flag_meanings": "empty ingested quarantined"})
+    create_arrays(root, specs)
     root.require_group(schema.DONE_GROUP)
     root.require_group(schema.SENTINEL_GROUP)
     root.require_group(schema.VIEWS_GROUP)
@@ -271,14 +273,20 @@ def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:
     sync(create_all())
 
 
-def write_arrays(items: list[tuple[zarr.Array, np.ndarray]], rows: slice) -> None:
-    """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each."""
+def write_arrays(items: list[tuple[zarr.Array | str, np.ndarray]], rows: slice,
+                 group: zarr.Group | None = None) -> None:
+    """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each;
+    an array given by its path in ``group`` is opened in the same round."""
     import asyncio
 
     from zarr.core.sync import sync
 
+    async def write(arr, values):
+        arr = await group._async_group.getitem(arr) if isinstance(arr, str) else arr._async_array
+        await arr.setitem(rows, values)
+
     async def write_all():
-        await asyncio.gather(*(arr._async_array.setitem(rows, values) for arr, values in items))
+        await asyncio.gather(*(write(arr, values) for arr, values in items))
 
     sync(write_all())
 
@@ -291,11 +299,21 @@ def next_run_start(root: zarr.Group) -> int:
 
 
 def grow(root: zarr.Group, total_rows: int) -> None:
-    """Resize every per-patch array to ``total_rows`` rows."""
-    for name in ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name):
-        arr = root[name]
+    """Resize every per-patch array to ``total_rows`` rows (in one event-loop round)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def grow_one(name: str) -> None:
+        arr = await root._async_group.getitem(name)
         if arr.shape[0] < total_rows:
-            arr.resize((total_rows, *arr.shape[1:]))
+            await arr.resize((total_rows, *arr.shape[1:]))
+
+    async def grow_all():
+        names = ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name)
+        await asyncio.gather(*(grow_one(n) for n in names))
+
+    sync(grow_all())
 
 
 def intern(root: zarr.Group, key: str, values: list[str]) -> dict[str, int]:

@@ -260,11 +260,7 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
         "s2_col": np.array([p.centroid[1] for p in patches], np.int32),
         "has_label": np.array([p.label is not None for p in patches], np.uint8),
     }
-    sl = slice(rows.start, rows.stop)
-    for name, values in cols.items():
-        root[name][sl] = values
-
-
+    lk.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
 
 
 def _present_ids(root, still_bad: set[int]) -> set[int]:
