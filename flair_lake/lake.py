@@ -241,54 +241,45 @@ def n_rows(root: zarr.Group) -> int:
     return int(root["patch_id"].shape[0])
 
 
-def read_arrays(group: zarr.Group, paths: list[str] | tuple[str, ...], rows: slice = slice(None)) -> dict:
-    """Return ``{path: group[path][rows]}``, every array read in one event-loop round instead of one each.
+def _in_one_round(coros) -> list:
+    """Run zarr coroutines concurrently on zarr's event loop; return their results in order.
 
     The small per-patch tables are a millisecond or more apiece on a local disk (metadata, then chunks) and a
-    request round trip each on an object store; a coordinator reads several at once.
+    request round trip each on an object store; a coordinator handles several at once.
     """
     import asyncio
 
     from zarr.core.sync import sync
 
+    async def gather():
+        return await asyncio.gather(*coros)
+
+    return sync(gather())
+
+
+def read_arrays(group: zarr.Group, paths: list[str] | tuple[str, ...], rows: slice = slice(None)) -> dict:
+    """Return ``{path: group[path][rows]}``, every array read in one event-loop round instead of one each."""
     async def read(path: str):
         arr = await group._async_group.getitem(path)
         return await arr.getitem(rows)
 
-    async def read_all():
-        return await asyncio.gather(*(read(p) for p in paths))
-
-    return dict(zip(paths, sync(read_all())))
+    return dict(zip(paths, _in_one_round([read(p) for p in paths])))
 
 
 def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:
     """Create the arrays ``{name: create_array keyword arguments}`` in ``group`` in one event-loop round."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def create_all():
-        await asyncio.gather(*(group._async_group.create_array(name, **kw) for name, kw in specs.items()))
-
-    sync(create_all())
+    _in_one_round([group._async_group.create_array(name, **kw) for name, kw in specs.items()])
 
 
 def write_arrays(items: list[tuple[zarr.Array | str, np.ndarray]], rows: slice,
                  group: zarr.Group | None = None) -> None:
     """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each;
     an array given by its path in ``group`` is opened in the same round."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
     async def write(arr, values):
         arr = await group._async_group.getitem(arr) if isinstance(arr, str) else arr._async_array
         await arr.setitem(rows, values)
 
-    async def write_all():
-        await asyncio.gather(*(write(arr, values) for arr, values in items))
-
-    sync(write_all())
+    _in_one_round([write(arr, values) for arr, values in items])
 
 
 def next_run_start(root: zarr.Group) -> int:
@@ -300,20 +291,13 @@ def next_run_start(root: zarr.Group) -> int:
 
 def grow(root: zarr.Group, total_rows: int) -> None:
     """Resize every per-patch array to ``total_rows`` rows (in one event-loop round)."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
     async def grow_one(name: str) -> None:
         arr = await root._async_group.getitem(name)
         if arr.shape[0] < total_rows:
             await arr.resize((total_rows, *arr.shape[1:]))
 
-    async def grow_all():
-        names = ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name)
-        await asyncio.gather(*(grow_one(n) for n in names))
-
-    sync(grow_all())
+    names = ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name)
+    _in_one_round([grow_one(n) for n in names])
 
 
 def intern(root: zarr.Group, key: str, values: list[str]) -> dict[str, int]:

@@ -691,7 +691,6 @@ def _check_deep(c: _Checker) -> None:
                     f"lost patches {_ids(c.patch_id[failed][c.status[failed] > 0])}; fix: {fix}", action)
 
 
-# --- repair -----------------------------------------------------------------------------------------------------
 def _check_leftovers(c: _Checker) -> None:
     """No side file of an interrupted write is left (``*.partial``: zarr's local store and flair_lake.chunkio
     write a file beside its place and rename it in; a killed write leaves it). Nothing reads them; they take
@@ -702,6 +701,7 @@ def _check_leftovers(c: _Checker) -> None:
             ("leftovers", tuple(left)))
 
 
+# --- repair -----------------------------------------------------------------------------------------------------
 def _delete_node(store, path: str) -> None:
     """Delete a node (group or array) and everything under it."""
     from zarr.core.sync import sync
@@ -733,9 +733,9 @@ def _repair(c: _Checker, storage_options: dict | None) -> None:
     marker deleted next, the data last, so that a lake left half-repaired is still seen, and resumed, as such.
     """
     rep, root = c.report, c.root
-    for action in [a for a in rep.actions if a and a[0] == "leftovers"]:
-        from zarr.core.sync import sync
+    from zarr.core.sync import sync
 
+    for action in [a for a in rep.actions if a and a[0] == "leftovers"]:
         for key in action[1]:
             sync(root.store.delete(key))
         rep.repaired.append(f"deleted {len(action[1])} file(s) left by interrupted writes")

@@ -18,10 +18,10 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake.chunkio import write_shard
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError
 from flair_lake.info import report_lines
-from flair_lake.chunkio import write_shard
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
 
@@ -171,9 +171,9 @@ def _filter_shard(task: FilterTask) -> dict:
     root.create_group(lk.shard_marker(task.shard, f"{schema.VIEWS_GROUP}/{task.view}/done"), attributes=report,
                       overwrite=True)
     # what the coordinator's report needs of these rows, so that it need not read them back
-    columns = {"kept": keep.sum(1, dtype=np.int16), "n_dates": n_dates,
+    per_row = {"kept": keep.sum(1, dtype=np.int16), "n_dates": n_dates,
                "clear_months": (counts > 0).sum(1, dtype=np.int8) if monthly is not None else None}
-    return {"shard": task.shard, **report, "columns": columns}
+    return {"shard": task.shard, **report, "columns": per_row}
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------

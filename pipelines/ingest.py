@@ -123,13 +123,8 @@ def write_patch_shard(task: ShardTask) -> dict:
     with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
         root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
         direct = lk.direct_io(task.lake)
-        for name, values in (("aerial", aerial), ("label", label)):
-            arr = root[name]
-            s = (arr.shards or arr.chunks)[0]
-            if task.row0 % s == 0:
-                write_shard(arr, task.row0 // s, values, direct=direct)
-            else:  # rows that do not start a shard (a layout this ingest does not make): through zarr
-                arr[rows] = values
+        write_shard(root["aerial"], task.shard, aerial, direct=direct)
+        write_shard(root["label"], task.shard, label, direct=direct)
         root["transform"][rows] = transform
         root["crs_epsg"][rows] = epsg
         root[lk.STATUS_ARRAY][rows] = status
