@@ -5,7 +5,7 @@
 Ingests the benchmark tree (512 full-size patches, generated once into --raw) into a temporary lake, then
 times ``filter --cloud 0.6 --monthly`` on a LocalCluster started beforehand. The comparison, measured in the
 same run, is the released baseline's per-sample path (crop the super-area at the centroid, Python loops over
-dates for the filter and over months for the means, FLAIR2_BASELINE.md §2.3-2.4) on the same patches.
+dates for the filter and over months for the means, docs/baseline.md, "Cloud and snow filter") on the same patches.
 Target (2-core machine): >= 1,000 patches/s.
 """
 

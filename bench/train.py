@@ -3,7 +3,7 @@
     python bench/train.py [--model utt] [--batch 10 32] [--size 512] [--steps 20] [--lake LAKE]
 
 On CUDA it measures fp32 and bf16 autocast + channels_last and prints the ratio against the released
-baseline's figures measured on an H100 (DESIGN.md: batch 10 fp32 90.8 samples/s; batch 32 bf16+channels_last
+baseline's figures measured on an H100 (docs/benchmarks.md: batch 10 fp32 90.8 samples/s; batch 32 bf16+channels_last
 235 samples/s; target >= 2x the fp32 figure at batch 10). With ``--lake`` it also feeds the same model from the
 lake loader and prints loader-fed / in-memory throughput. On CPU it runs fp32 only (use a small --size).
 """

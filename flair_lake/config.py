@@ -118,7 +118,7 @@ REDUCERS = ("mean", "median")
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Parameters of ``flair-lake filter`` (semantics in DESIGN.md "Filter semantics")."""
+    """Parameters of ``flair-lake filter`` (semantics in docs/lake-format.md, "Views")."""
 
     max_cover: float = 0.6  # a date is dropped when its covered fraction of the window is >= this (paper: 0.6)
     min_prob: float = 60.0  # a pixel is covered when its snow or cloud probability (%) is >= this
@@ -148,7 +148,7 @@ class FilterConfig:
 
     @classmethod
     def baseline(cls) -> "FilterConfig":
-        """Return the released baseline's exact behaviour (FLAIR2_BASELINE.md §2.3-2.4)."""
+        """Return the released baseline's exact behaviour (docs/baseline.md, "Cloud and snow filter", "Monthly composites")."""
         return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
                    mask_pixels=False, skip_empty_months=True, ref_year=2021)
 
@@ -160,7 +160,7 @@ AMP_MODES = ("bf16", "fp32")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Parameters of ``train/fit.py``; defaults follow the paper (§4, FLAIR2_BASELINE.md §4.1)."""
+    """Parameters of ``train/fit.py``; defaults follow the paper (§4; docs/baseline.md, "Training defaults")."""
 
     lake: str = DEFAULT_LAKE
     view: str | None = None  # default: the lake's latest view

@@ -51,7 +51,7 @@ def is_url(lake: str) -> bool:
 def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
     """Return the bytes-to-bytes codecs for ``codec`` ('zstd', 'lz4' or 'none').
 
-    uint8 imagery gains nothing from byte-shuffle (LAKE_NOTES §1.2). uint16 reflectance (12-bit values) is
+    uint8 imagery gains nothing from byte-shuffle (docs/benchmarks.md). uint16 reflectance (12-bit values) is
     bit-shuffled first: measured on Sentinel-2 windows, 2x the encode and 1.2-1.4x the decode speed of
     byte-shuffle, for the same size with zstd and 10 % smaller with lz4.
     """
@@ -425,7 +425,7 @@ def _zarr_config(options: dict):
 def rust_codecs(lake: str):
     """Return a context in which arrays opened use the zarrs (Rust) codec pipeline, when it is installed.
 
-    Measured (LAKE_NOTES §3, README): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
+    Measured (docs/benchmarks.md): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
     zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline.
     """
     if zarrs_available() and not is_url(lake):

@@ -20,7 +20,7 @@ S2_CENTRE_CROP = 10  # pixels of the window under the aerial patch (100 m ~ 102.
 CRS_EPSG = 2154  # Lambert-93
 AERIAL_BANDS = ("red", "green", "blue", "nir", "elevation")
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
-S2_MASK_BANDS = ("snow", "cloud")  # channel 0 = snow, channel 1 = cloud (FLAIR2_BASELINE §1.4)
+S2_MASK_BANDS = ("snow", "cloud")  # channel 0 = snow, channel 1 = cloud (docs/raw-format.md, "Sentinel-2 super-areas")
 
 # --- classes ----------------------------------------------------------------------------------------------------
 # raw code -> (name, colour) ; the official FLAIR nomenclature and colour table.
@@ -49,7 +49,7 @@ NUM_RAW_CLASSES = 19
 NUM_CLASSES = 13  # training classes: raw 1..12 -> 0..11, raw >= 13 -> 12 ('other')
 OTHER_CLASS = 12
 CLASS_NAMES = tuple(RAW_CLASSES[c][0] for c in range(1, 13)) + ("other",)
-# Official metric: mIoU over the first 12 classes, 'other' stays in the confusion matrix (FLAIR2_BASELINE §4.3).
+# Official metric: mIoU over the first 12 classes, 'other' stays in the confusion matrix (docs/baseline.md, "Official metric").
 METRIC_CLASSES = 12
 
 
@@ -155,4 +155,4 @@ SAMPLE_KEYS: dict[str, tuple[str, str]] = {
 IGNORE_LABEL = 255
 YEARS = (2018, 2019, 2020, 2021)  # year one-hot of the metadata vector (others: all zeros)
 MTD_DIM = 32 + 1 + len(YEARS) + 2 + 4  # Fourier x/y, altitude, year, camera family, day and hour of acquisition
-ALTITUDE_SCALE_M = 3164.91  # largest altitude in FLAIR #2 (FLAIR2_BASELINE.md §1.6)
+ALTITUDE_SCALE_M = 3164.91  # largest altitude in FLAIR #2 (docs/baseline.md, "Metadata encoding")

@@ -1,7 +1,7 @@
 """A learnable synthetic FLAIR #2 world, written in the exact raw layout of the real dataset.
 
 There is no real FLAIR data on our machines, so tests, demos and benchmarks run on this generator. It writes
-the published tree (FLAIR2_BASELINE.md §1): 5-band uint8 aerial GeoTIFFs and 1-band label GeoTIFFs in
+the published tree (docs/raw-format.md): 5-band uint8 aerial GeoTIFFs and 1-band label GeoTIFFs in
 EPSG:2154, per zone a Sentinel-2 super-area (``_data.npy`` (T,10,H,W) uint16, ``_masks.npy`` (T,2,H,W) uint8
 0-100 with channel 0 = snow and channel 1 = cloud, ``_products.txt`` with one L2A product name per line), the
 centroids JSON and the aerial metadata JSON with the real schema.

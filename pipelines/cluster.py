@@ -11,7 +11,7 @@ from flair_lake.errors import FlairLakeError
 
 log = logging.getLogger(__name__)
 
-# Each worker process decodes with one thread: no Blosc or BLAS oversubscription (LAKE_NOTES §3).
+# Each worker process decodes with one thread: no Blosc or BLAS oversubscription (docs/benchmarks.md).
 # zarr's codec thread pool too: a worker is one core, so 1 vs 2 workers compares 1 vs 2 cores.
 WORKER_ENV = {"BLOSC_NTHREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1", "ZARR_THREADING__MAX_WORKERS": "1"}

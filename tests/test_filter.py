@@ -29,7 +29,7 @@ def lake_copy(lake, tmp_path):
 
 
 def _baseline_reference(raw_tree: Path, pid: int, domain: str, zone: str, row: int, col: int):
-    """The released baseline's per-sample loops, written from FLAIR2_BASELINE.md §2.2-2.4."""
+    """The released baseline's per-sample loops, as docs/baseline.md describes them ("Cloud and snow filter", "Monthly composites")."""
     sen = next(raw_tree.glob(f"*/{domain}/{zone}/sen"))
     stem = names.sentinel_stem(domain, zone)
     sp = np.load(sen / f"{stem}_data.npy", mmap_mode="r")[:, :, row - 20:row + 20, col - 20:col + 20]

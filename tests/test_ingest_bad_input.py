@@ -1,4 +1,4 @@
-"""Bad input to ``flair-lake ingest`` (DESIGN.md "Bad input").
+"""Bad input to ``flair-lake ingest`` (docs/raw-format.md, "What ingest checks").
 
 Bad patches are quarantined and the rest lands; bad trees and targets stop with one clear line and write
 nothing; nothing already in the lake is lost.

@@ -165,7 +165,7 @@ def test_satellite_head_conv_then_upsample_equals_upsample_then_conv(size):
 def test_centre_crop_is_the_aerial_footprint():
     x = torch.arange(40.0)[None, :, None].expand(1, 40, 40)
     assert centre_crop(x).shape == (1, 10, 10)
-    assert centre_crop(x)[0, :, 0].tolist() == list(range(15, 25))  # rows 15..24 (FLAIR2_BASELINE.md §3.4)
+    assert centre_crop(x)[0, :, 0].tolist() == list(range(15, 25))  # rows 15..24 (docs/baseline.md, "Fusion module")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -184,7 +184,7 @@ def test_bad_patch_size_is_a_clear_error():
 
 
 def test_parameter_counts(capsys):
-    """Within 3% of the paper; the parts match the hand count of the release (FLAIR2_BASELINE.md §3.8)."""
+    """Within 3% of the paper; the parts match the hand count of the release (docs/baseline.md, "Parameter counts")."""
     counts = {name: count_parameters(build(name, use_metadata=False)) for name in NAMES}
     with capsys.disabled():
         print("\nparameters:", ", ".join(f"{n} {c:,}" for n, c in counts.items()))

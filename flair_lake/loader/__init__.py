@@ -31,7 +31,7 @@ def default_workers(kind: str = "process") -> int:
 
 
 def _worker_init(_: int) -> None:
-    """Give each DataLoader worker one decoding thread (no Blosc/zarr oversubscription, LAKE_NOTES §3)."""
+    """Give each DataLoader worker one decoding thread (no Blosc/zarr oversubscription, docs/benchmarks.md)."""
     import zarr
 
     os.environ["BLOSC_NTHREADS"] = "1"

@@ -2,7 +2,7 @@
 
 Every batch reads each array with one codec-pipeline call that asks for one row slice per inner chunk; a
 monthly view's batch comes back already collated (:meth:`LakeDataset.read_batch`). Never integer-array
-selection on sharded arrays (LAKE_NOTES §3).
+selection on sharded arrays (docs/benchmarks.md).
 Stores are opened lazily in the process that reads, so the dataset is safe with forkserver/spawn DataLoader
 workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 """
@@ -121,7 +121,7 @@ class LakeDataset(torch.utils.data.Dataset):
 
         One codec-pipeline call per array and batch (zarrs decodes its chunks in parallel, in Rust), straight
         into the batch's array: no per-chunk Python round trip and no stacking copy afterwards. This is what
-        ``oindex`` should do but does not on sharded arrays (it decodes whole shards, LAKE_NOTES §3): the
+        ``oindex`` should do but does not on sharded arrays (it decodes whole shards, docs/benchmarks.md): the
         selection here is one row slice per chunk. Uses zarr's internal selection API (zarr is pinned exactly).
         """
         from zarr.core.buffer import default_buffer_prototype

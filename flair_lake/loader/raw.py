@@ -1,6 +1,6 @@
 """A raw-tree reader with the released baseline's per-sample semantics: the comparison path and a cross-check.
 
-For each sample it does what the baseline's ``__getitem__`` does (FLAIR2_BASELINE.md §2.2-2.4): read the
+For each sample it does what the baseline's ``__getitem__`` does (docs/baseline.md, "Data path per sample"): read the
 GeoTIFFs with rasterio, crop the super-area ``.npy`` at the centroid, drop dates whose summed snow + cloud
 counts (probability >= 60) reach half the window, and average the kept dates per calendar month, skipping
 empty months -- but it pairs files by id and keeps the real year. It returns the lake loader's sample

@@ -2,7 +2,7 @@
 
 Flips and 90-degree rotations are drawn per sample and applied identically to the aerial image, the labels and
 the Sentinel window about its centre (where the aerial patch sits) -- the released baseline forgets the last
-(FLAIR2_BASELINE.md §5.2). Works on CPU and CUDA tensors alike.
+(docs/baseline.md, "Defects fixed by default"). Works on CPU and CUDA tensors alike.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ For each fused encoder stage of width C and size H x W, two terms are added to t
 - **collapsed**: the spatial mean of the whole U-TAE map (40 x 40 = 400 m of context), a 3-layer MLP to C,
   broadcast over H x W.
 
-Differences from the released code (FLAIR2_BASELINE.md §3.4, §5.1, §5.8): the collapsed term is computed per
+Differences from the released code (docs/baseline.md, "Fusion module" and "Defects fixed by default"): the collapsed term is computed per
 sample (the release uses batch element 0's map for the whole batch; ``baseline_quirks=True`` reproduces that),
 it is broadcast rather than materialised with ``.repeat``, and stages the decoder never reads (stage 0, the
 raw input image, for U-Net) get no fusion module at all.
@@ -77,7 +77,7 @@ class Fusion(nn.Module):
         stages: indices of the stages to fuse; the others pass through untouched.
         crop: side of the centre crop under the aerial footprint, in S2 pixels.
         baseline_quirks: compute the collapsed term from batch element 0 for every sample, as the
-            released code does (FLAIR2_BASELINE.md §5.1).
+            released code does (docs/baseline.md, "Defects fixed by default").
     """
 
     def __init__(self, utae_channels: int, stage_channels: Sequence[int], stages: Sequence[int], *,

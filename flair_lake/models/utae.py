@@ -1,7 +1,7 @@
 """U-TAE: a U-Net over each Sentinel-2 date, a lightweight temporal attention (L-TAE) at the bottom.
 
 Our own implementation of the U-TAE of Sainte Fare Garnot & Landrieu (ICCV 2021) in the configuration of the
-FLAIR #2 baseline (FLAIR2_BASELINE.md §3.3): input 10 bands, encoder and decoder widths [64, 64, 128, 128],
+FLAIR #2 baseline (docs/baseline.md, "U-TAE branch"): input 10 bands, encoder and decoder widths [64, 64, 128, 128],
 strided convolutions 4/2/1, L-TAE with 16 heads, d_model 256, d_k 4, MLP [256, 128], 'att_group' skips.
 
 What differs from the released code, on purpose:
@@ -9,7 +9,7 @@ What differs from the released code, on purpose:
 - the padding mask is an explicit ``(B, T)`` bool argument (True = padded), never guessed from zero frames;
 - padded frames are never convolved (no dummy forward pass either), and the L-TAE input GroupNorm takes its
   statistics over the valid dates only, so a sample's output does not depend on how much padding its batch
-  adds (FLAIR2_BASELINE.md §5.9);
+  adds (docs/baseline.md, "Defects fixed by default");
 - padded dates get exactly zero attention (not ``exp(-1000)``), and a sample with no valid date at all gets
   zero attention everywhere instead of a uniform average of padding;
 - the unused ``out_conv`` classification head is not built: the model returns the last decoder map.
@@ -86,7 +86,7 @@ class MaskedGroupNorm(nn.Module):
     """GroupNorm over (channels of a group x valid dates), per sample and pixel; padded dates come out as 0.
 
     The released L-TAE normalises over all T steps, zero padding included, which makes a sample's features
-    depend on the batch's longest series (FLAIR2_BASELINE.md §5.9). Here the statistics use valid dates only.
+    depend on the batch's longest series (docs/baseline.md, "Defects fixed by default"). Here the statistics use valid dates only.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5) -> None:

@@ -156,7 +156,7 @@ class MetadataEncoder(nn.Sequential):
 
     The paper's 'bottom' strategy (appendix A.5.1, Fig. 10): a shallow MLP with dropout 0.4 and ReLU whose
     output matches the last ResNet34 stage, added to every pixel of it. (The released code instead lays a
-    16-vector along the rows of the map, FLAIR2_BASELINE.md §3.5.)
+    16-vector along the rows of the map, docs/baseline.md, "Metadata encoding".)
     """
 
     def __init__(self, in_dim: int = MTD_DIM, out_dim: int = 512, *, hidden: tuple[int, int] = (64, 128),
@@ -177,7 +177,7 @@ class SatelliteHead(nn.Module):
     """Per-pixel classifier of the U-TAE map under the aerial footprint, upsampled to the aerial grid.
 
     The 1x1 conv runs on the 10 x 10 crop first and the logits are then upsampled (nearest): the same
-    numbers as the release's upsample-then-conv, without a 64 x P x P intermediate (FLAIR2_BASELINE.md §5.8).
+    numbers as the release's upsample-then-conv, without a 64 x P x P intermediate (docs/baseline.md, "Fusion module").
     """
 
     def __init__(self, channels: int = 64, classes: int = NUM_CLASSES, *, crop: int = S2_CENTRE_CROP) -> None:

@@ -1,4 +1,4 @@
-"""Readers of the two JSON side files: aerial metadata and Sentinel centroids (FLAIR2_BASELINE.md §1.5-1.6)."""
+"""Readers of the two JSON side files: aerial metadata and Sentinel centroids (docs/raw-format.md, "Centroids file", "Aerial metadata file")."""
 
 from __future__ import annotations
 

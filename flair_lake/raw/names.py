@@ -1,4 +1,4 @@
-"""File and folder names of the raw FLAIR #2 layout (FLAIR2_BASELINE.md §1.1), written and parsed in one place."""
+"""File and folder names of the raw FLAIR #2 layout (docs/raw-format.md), written and parsed in one place."""
 
 from __future__ import annotations
 

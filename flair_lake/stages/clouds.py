@@ -2,7 +2,7 @@
 
 A pixel is *covered* when its snow or cloud probability (%) is at least ``min_prob``. ``combine='union'``
 counts a pixel flagged as both once; ``combine='sum'`` counts it twice, as the released baseline does
-(FLAIR2_BASELINE.md §2.3), so its cover can exceed 1. A date is kept when its covered fraction of the window is
+(docs/baseline.md, "Cloud and snow filter"), so its cover can exceed 1. A date is kept when its covered fraction of the window is
 strictly below ``max_cover``.
 """
 

@@ -4,7 +4,7 @@
 the altitude scaled by the dataset maximum, a one-hot of the acquisition year (2018-2021; other years give
 zeros instead of the baseline's crash), a one-hot of the camera family (UCE or other), and the day of year and
 the hour as cyclic (sin, cos) pairs -- the baseline's month term is a constant by an operator-precedence bug
-(FLAIR2_BASELINE.md §3.5), so it is not reproduced.
+(docs/baseline.md, "Metadata encoding"), so it is not reproduced.
 """
 
 from __future__ import annotations

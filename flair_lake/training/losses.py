@@ -1,4 +1,4 @@
-"""The two cross-entropy losses of U-T&T with the paper's class weights (FLAIR2_BASELINE.md §3.6)."""
+"""The two cross-entropy losses of U-T&T with the paper's class weights (docs/baseline.md, "Losses")."""
 
 from __future__ import annotations
 

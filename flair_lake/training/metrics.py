@@ -1,4 +1,4 @@
-"""The official FLAIR #2 metric (FLAIR2_BASELINE.md §4.3), accumulated on the device.
+"""The official FLAIR #2 metric (docs/baseline.md, "Official metric"), accumulated on the device.
 
 One 13x13 confusion matrix summed over the whole evaluation set (rows = truth, columns = prediction); IoU per
 class ``C_cc / (row_c + col_c - C_cc)``; mIoU = mean over the first 12 classes of the classes whose IoU is
