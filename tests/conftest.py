@@ -48,3 +48,15 @@ def monthly_lake(lake, tmp_path_factory):
     shutil.copytree(lake, path)
     run_filter(path, FilterConfig(monthly=True), workers=2)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` on a machine without CUDA (every other test runs on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
