@@ -6,7 +6,6 @@ Heavy imports live inside the commands so that ``flair-lake --help`` stays insta
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import json
 import logging
@@ -204,17 +203,8 @@ def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels
     """
     from pipelines.filter import run_filter
 
-    given = {k: v for k, v in dict(max_cover=max_cover, min_prob=min_prob, combine=combine, monthly=monthly,
-                                   reducer=reducer, mask_pixels=mask_pixels).items() if v is not None}
-    if preset == "baseline":
-        if given:
-            flags = {"max_cover": "--cloud", "min_prob": "--prob", "combine": "--combine", "monthly": "--monthly",
-                     "reducer": "--reducer", "mask_pixels": "--mask-pixels"}
-            raise click.UsageError(f"--preset baseline fixes every threshold; drop "
-                                   f"{', '.join(flags[k] for k in sorted(given))}")
-        cfg = dataclasses.replace(config.FilterConfig.baseline(), codec=codec)
-    else:
-        cfg = config.FilterConfig(**given, codec=codec)
+    cfg = config.FilterConfig.from_flags(preset=preset, codec=codec, max_cover=max_cover, min_prob=min_prob,
+                                         combine=combine, monthly=monthly, reducer=reducer, mask_pixels=mask_pixels)
     summary = run_filter(lake, cfg, name=name, overwrite=overwrite, scheduler=scheduler, workers=workers,
                          storage_options=_storage_options(storage_option))
     for line in summary.lines():

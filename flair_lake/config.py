@@ -6,7 +6,7 @@ Click options and function signatures read their defaults from here; nothing els
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from flair_lake import schema
 from flair_lake.errors import UsageError
@@ -114,6 +114,25 @@ class IngestConfig:
 # --- filter -----------------------------------------------------------------------------------------------------
 COMBINE_RULES = ("union", "sum")
 REDUCERS = ("mean", "median")
+FILTER_PRESETS = ("baseline",)
+BASELINE_VIEW = "baseline"  # the default name of the baseline's view, whatever its cube codec
+# FilterConfig field -> the ``flair-lake filter`` option that sets it (the fields no option sets come with a preset)
+FILTER_FLAGS = {"max_cover": "--cloud", "min_prob": "--prob", "combine": "--combine", "monthly": "--monthly",
+                "reducer": "--reducer", "mask_pixels": "--mask-pixels"}
+
+
+def _number(x: float) -> str:
+    """Return ``x`` as short text that parses back to the same float (``0.6``, ``60``, ``0.1234567890123``)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
+def _flag_text(field: str, value) -> str:
+    """Return the option text of one field's value (``--cloud 0.5``, ``--monthly``, ``no --mask-pixels``)."""
+    flag = FILTER_FLAGS[field]
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"  # only Python callers pass False: the options have no --no-*
+    return f"{flag} {_number(value) if isinstance(value, float) else value}"
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,106 @@ class FilterConfig:
         """Return the released baseline's exact behaviour (docs/baseline.md, "Cloud and snow filter", "Monthly composites")."""
         return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
                    mask_pixels=False, skip_empty_months=True, ref_year=2021)
+
+    # --- the command line round trip ------------------------------------------------------------------------
+    @classmethod
+    def from_flags(cls, *, preset: str | None = None, codec: str | None = None, **flags) -> FilterConfig:
+        """Return the config the options of ``flair-lake filter`` ask for.
+
+        Args:
+            preset: ``"baseline"`` or None; a flag that agrees with the preset's value is accepted.
+            codec: the monthly cube's codec; None: the default.
+            **flags: values keyed by field name (``max_cover``, ``min_prob``, ``combine``, ``monthly``,
+                ``reducer``, ``mask_pixels``); None means the option was not given.
+
+        Raises:
+            UsageError: an unknown preset or field, a value out of range, or a flag contradicting the preset.
+        """
+        unknown = sorted(set(flags) - set(FILTER_FLAGS))
+        if unknown:
+            raise UsageError(f"{', '.join(unknown)} cannot be set by an option of flair-lake filter; the options set "
+                             f"{', '.join(FILTER_FLAGS)}")
+        given = {k: v for k, v in flags.items() if v is not None}
+        storage = {} if codec is None else {"codec": codec}
+        if preset is None:
+            return cls(**given, **storage)
+        if preset not in FILTER_PRESETS:
+            raise UsageError(f"--preset must be one of {', '.join(FILTER_PRESETS)}, got {preset!r}")
+        base = cls.baseline()
+        clashes = [(k, v) for k, v in given.items() if v != getattr(base, k)]
+        if clashes:
+            uses = {k: f"uses {_flag_text(k, getattr(base, k))}" if getattr(base, k) is not False
+                    else f"runs without {FILTER_FLAGS[k]}" for k, _ in clashes}
+            raise UsageError("; ".join(f"{_flag_text(k, v)} contradicts --preset {preset} (which {uses[k]})"
+                                       for k, v in clashes) + "; drop one")
+        return replace(base, **storage)
+
+    def to_flags(self) -> list[str]:
+        """Return the ``flair-lake filter`` options that rebuild exactly this config.
+
+        ``skip_empty_months`` and ``ref_year`` are set by ``--preset baseline`` only, and ``--prob`` stops at
+        100 (the config allows 101, "nothing is covered"), so some configs have no options.
+
+        Raises:
+            UsageError: no combination of options gives this config.
+        """
+        if self.is_baseline():
+            out = ["--preset", BASELINE_VIEW]
+        else:
+            only_preset = [f"{k}={getattr(self, k)}" for k in ("skip_empty_months", "ref_year")
+                           if getattr(self, k) != getattr(FilterConfig, k)]
+            if only_preset or self.min_prob > 100:
+                why = (f"{', '.join(only_preset)}: set only by --preset baseline, whose other parameters differ"
+                       if only_preset else f"--prob stops at 100, got {self.min_prob:g}")
+                raise UsageError(f"no flair-lake filter options give the filter parameters {asdict(self)}: {why}; "
+                                 "pass them to pipelines.filter.run_filter from Python")
+            out = ["--cloud", _number(self.max_cover), "--prob", _number(self.min_prob), "--combine", self.combine]
+            if self.monthly:
+                out.append("--monthly")
+            if self.monthly or self.reducer != FilterConfig.reducer:
+                out += ["--reducer", self.reducer]
+            if self.mask_pixels:
+                out.append("--mask-pixels")
+        if self.codec != FilterConfig.codec:
+            out += ["--codec", self.codec]
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict) -> FilterConfig:
+        """Return the config recorded in a view's ``params`` attribute (the :func:`dataclasses.asdict` form).
+
+        Raises:
+            UsageError: a key that is no field, or a value of the wrong type or out of range.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise UsageError(f"view parameters {', '.join(unknown)} are not filter parameters "
+                             f"({', '.join(sorted(names))}); the view was written by another flair-lake version")
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise UsageError(f"view parameters {params} have a value of the wrong type ({exc})") from None
+
+    def view_name(self) -> str:
+        """Return the default name of the view this config produces (stable, readable)."""
+        if self.is_baseline():
+            return BASELINE_VIEW
+        name = f"cloud{self.max_cover:g}-prob{self.min_prob:g}-{self.combine}"
+        if self.monthly:
+            name += f"-monthly-{self.reducer}" + ("-masked" if self.mask_pixels else "")
+            name += "-skipempty" if self.skip_empty_months else ""
+        return name
+
+    def describe(self) -> str:
+        """Return one human line of the parameters (``flair-lake info``)."""
+        text = f"cloud {self.max_cover:g}, prob {self.min_prob:g}, {self.combine}"
+        if self.monthly:
+            text += f", monthly {self.reducer}" + (", masked pixels" if self.mask_pixels else "")
+            text += ", empty months skipped" if self.skip_empty_months else ""
+            text += f", day offsets to 15 May {self.ref_year}" if self.ref_year is not None else ""
+            text += f", {self.codec} cube"
+        return ("released baseline: " if self.is_baseline() else "") + text
 
 
 # --- training ---------------------------------------------------------------------------------------------------

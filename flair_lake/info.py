@@ -8,6 +8,8 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake.config import FilterConfig
+from flair_lake.errors import UsageError
 
 
 def _codec_name(arr) -> str:
@@ -115,11 +117,10 @@ def format_report(r: dict) -> str:
         lines += [f"  IMG_{int(k):06d}: {v}" for k, v in sorted(r["quarantine"].items(), key=lambda kv: int(kv[0]))]
     lines += ["", "views:" if r["views"] else "views: none (run `flair-lake filter`)"]
     for v in r["views"]:
-        p = v.get("params", {})
-        desc = (f"cloud {p.get('max_cover')}, prob {p.get('min_prob')}, {p.get('combine')}"
-                + (f", monthly {p.get('reducer')}" if p.get("monthly") else "")
-                + (", masked pixels" if p.get("mask_pixels") else "")
-                + (", empty months skipped" if p.get("skip_empty_months") else ""))
+        try:
+            desc = FilterConfig.from_params(v.get("params", {})).describe()
+        except UsageError:  # written by another flair-lake version: show what it recorded
+            desc = f"parameters {v.get('params')}"
         latest = " (latest)" if v["name"] == r.get("latest_view") else ""
         lines.append(f"  {v['name']}{latest}: {desc}; {'complete' if v.get('complete') else 'INCOMPLETE'}")
         for line in report_lines(v.get("report", {})):
