@@ -238,11 +238,11 @@ def test_cube_codec_is_storage_not_semantics(lake_copy):
 def test_validate_rebuilds_a_view_with_its_cube_codec():
     import dataclasses
 
-    from flair_lake.validate import _filter_flags
+    from flair_lake.validate.report import filter_flags
     from pipelines.filter import view_name
 
     zstd_baseline = dataclasses.replace(FilterConfig.baseline(), codec="zstd")
     assert zstd_baseline.is_baseline() and view_name(zstd_baseline) == "baseline"
-    assert _filter_flags("baseline", dataclasses.asdict(zstd_baseline)) == "--preset baseline --codec zstd"
+    assert filter_flags("baseline", dataclasses.asdict(zstd_baseline)) == "--preset baseline --codec zstd"
     cfg = FilterConfig(monthly=True, codec="none")
-    assert _filter_flags(view_name(cfg), dataclasses.asdict(cfg)).endswith("--monthly --reducer mean --codec none")
+    assert filter_flags(view_name(cfg), dataclasses.asdict(cfg)).endswith("--monthly --reducer mean --codec none")
