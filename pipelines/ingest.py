@@ -1,10 +1,11 @@
 """The ingest pipeline: a raw FLAIR tree into a Zarr lake, one Dask task per output shard.
 
-Reads top to bottom: discover the tree (no pixels) -> plan the rows of the new patches (a run starts at a shard
-boundary, so no two runs share a shard) -> record the run -> write the coordinates -> map the shard and
-super-area tasks over the cluster -> record the outcome. The tasks are plain functions of their own inputs
-(the lake URL, the rows and files they own); each writes whole shards, then its marker. Re-running after a
-kill skips every shard and area whose marker exists and writes the rest: the result is the same lake.
+Reads top to bottom: the tasks, then the coordinator: discover the tree (no pixels) -> open or create the lake
+-> plan (:mod:`pipelines.ingest_plan`: what resumes, what is retried, the rows of the new patches, the tasks;
+nothing written) -> record the runs and write their coordinates -> map the shard and super-area tasks over the
+cluster -> record the outcome (run records, quarantine, band statistics). The tasks are plain functions of their
+own inputs (the lake URL, the rows and files they own); each writes whole shards, then its marker. Re-running
+after a kill skips every shard and area whose marker exists and writes the rest: the result is the same lake.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from flair_lake.chunkio import write_shard
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, RawFormatError
 from flair_lake.raw import names
-from flair_lake.raw.discover import AreaFiles, PatchFiles, RawTree, discover
+from flair_lake.raw.discover import PatchFiles, RawTree, discover
 from flair_lake.raw.readers import read_geotiff, read_sentinel_area
+from pipelines.ingest_plan import AreaTask, IngestPlan, LakeState, ShardTask, plan_ingest
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +86,6 @@ class IngestSummary:
 
 
 # --- tasks (run on Dask workers) --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShardTask:
-    """One output shard: the rows it owns and the files that fill them."""
-
-    lake: str
-    shard: int
-    row0: int
-    items: tuple[tuple[int, str, str | None], ...]  # (patch id, image path, label path or None), row order
-    patch_size: int
-    storage_options: dict | None = None
-
-
 def write_patch_shard(task: ShardTask) -> dict:
     """Read a shard's GeoTIFFs and write its aerial, label, transform, CRS and status rows, then its marker.
 
@@ -165,17 +155,6 @@ def _read_items(items, p, aerial, label, transform, epsg, status, bad) -> None:
             bad[str(pid)] = str(exc)
 
 
-@dataclass(frozen=True)
-class AreaTask:
-    """One Sentinel-2 super-area to copy into ``sentinel/<area>``."""
-
-    lake: str
-    area: AreaFiles
-    codec: str
-    level: int
-    storage_options: dict | None = None
-
-
 def write_area(task: AreaTask) -> dict:
     """Copy a super-area triple into the lake (read once), then mark the group complete."""
     import zarr
@@ -207,8 +186,6 @@ def write_area(task: AreaTask) -> dict:
                     "clear_sumsq": np.square(vals).sum(axis=(0, 2, 3), dtype=np.float64).tolist(),
                     "clear_pixels": int(clear.sum()), "complete": True})
     return {"area": task.area.name, "dates": t}
-
-
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
@@ -258,67 +235,13 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
     lk.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
 
 
-def _present_ids(root, still_bad: set[int]) -> set[int]:
-    """Return the patch ids a new run must skip: those in the rows of recorded runs (ingested, or quarantined
-    by a shard task), and those quarantined before they got a row that are still bad. A patch whose problem
-    was fixed since (its label added, its centroid corrected, ...) is ingested by the next run."""
-    ids: set[int] = set()
-    for r in root.attrs.get("runs", []):
-        if "rows" in r:
-            a, b = r["rows"]
-            ids.update(int(i) for i in root["patch_id"][a:b] if i >= 0)
-    ids.update(int(k) for k in root.attrs.get("quarantine", {}) if int(k) in still_bad)
-    return ids
-
-
-def _plan_retries(root, tree: RawTree, raw: str | Path, work: list, per_shard: int) -> dict[str, set[int]]:
-    """Plan to write again the shards of finished runs of this tree that hold patches a shard task quarantined
-    (an unreadable or malformed file) whose files changed after that run started: re-downloaded or re-exported.
-    Whole shards are rewritten, so every patch of the run must still be in the tree. The run is marked running
-    and the shards' markers removed before anything is written: a kill in between is resumed like any
-    interrupted run. Unchanged bad files are left alone: re-ingesting the same tree adds nothing.
-
-    Returns:
-        run id -> the quarantined patch ids whose shards are written again.
-    """
-    status = root[lk.STATUS_ARRAY][:]
-    planned = {rid for rid, *_ in work}
-    retries: dict[str, set[int]] = {}
-    for r in root.attrs.get("runs", []):
-        if r.get("command") != "ingest" or r.get("status") != "complete" or r["id"] in planned \
-                or "rows" not in r or Path(r["raw"]) != Path(raw).resolve():
-            continue
-        a, b = r["rows"]
-        bad_rows = a + np.flatnonzero(status[a:b] == lk.STATUS_QUARANTINED)
-        ids = [int(i) for i in root["patch_id"][a:b]]
-        started = dt.datetime.fromisoformat(r["started"]).timestamp() + 1  # recorded to the second, rounded down
-        bad_rows = [row for row in bad_rows if ids[row - a] in tree.patches and _changed_since(
-            tree.patches[ids[row - a]], started)]
-        if not bad_rows:
-            continue
-        if any(i not in tree.patches for i in ids):
-            log.warning("run %s: quarantined patches not retried, some of its patches left the tree", r["id"])
-            continue
-        lk.update_run(root, r["id"], status="running", retried=lk.now_iso())
-        for shard in sorted({int(row) // per_shard for row in bad_rows}):
-            marker = lk.shard_marker(shard)
-            if root.get(marker) is not None:
-                del root[marker]
-        retries[r["id"]] = {ids[row - a] for row in bad_rows}
-        work.append((r["id"], range(a, b), [tree.patches[i] for i in ids], tree.areas))
-    return retries
-
-
-def _changed_since(patch: PatchFiles, when: float) -> bool:
-    """Return True when the patch's image or label file was modified after the POSIX time ``when``."""
-    files = [f for f in (patch.image, patch.label) if f is not None]
-    return any(Path(f).stat().st_mtime > when for f in files if Path(f).exists())
-
-
 def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
            metadata_path: str | None = None, centroids_path: str | None = None,
            storage_options: dict | None = None, progress: bool | None = None) -> IngestSummary:
     """Ingest the FLAIR tree(s) under ``raw`` into ``lake``: create, append, or resume an interrupted run.
+
+    Plan (:func:`pipelines.ingest_plan.plan_ingest`, nothing written) -> execute (record the runs and their
+    coordinates, then map the tasks over the cluster) -> record the outcome.
 
     Raises:
         FlairLakeError: wrong root, empty tree, unwritable target (nothing is written then).
@@ -329,89 +252,81 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     lk.check_writable(lake)
     check_scheduler(cfg.scheduler)
     tree = discover(raw, metadata_path=metadata_path, centroids_path=centroids_path, sat_window=cfg.sat_window)
-    exists = lk.lake_exists(lake, storage_options=storage_options)
-    if exists:
+    root = _open_or_create(raw, lake, tree, cfg, storage_options)
+    # the tree's explicit options are recorded: a resume from another tree, and validate's fix, reuse them
+    options = {k: str(Path(v).resolve()) for k, v in (("metadata", metadata_path), ("centroids", centroids_path)) if v}
+    plan = plan_ingest(LakeState.read(root), tree, raw, lake, cfg, options=options, storage_options=storage_options)
+    summary = IngestSummary(lake=lake, run_id=plan.run_id, raw_bytes=tree.raw_bytes, resumed_runs=len(plan.resumed),
+                            retried=sum(len(v) for v in plan.retries.values()), already_present=plan.already_present,
+                            shards_skipped=plan.shards_skipped, areas_skipped=plan.areas_skipped)
+    begin_runs(root, plan)
+    written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
+               if plan.shard_tasks or plan.area_tasks else set())
+    record_outcome(root, plan, written, summary, t0)
+    return summary
+
+
+def _open_or_create(raw: str | Path, lake: str, tree: RawTree, cfg: IngestConfig, storage_options: dict | None):
+    """Return the root group of ``lake``, created with the tree's patch size when there is none.
+
+    Raises:
+        FlairLakeError: the lake holds patches of another size, or there is no lake and no valid patch.
+    """
+    if lk.lake_exists(lake, storage_options=storage_options):
         root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
         size = _patch_size(tree) if tree.patches else int(root.attrs["patch_size"])
         if int(root.attrs["patch_size"]) != size:
             raise FlairLakeError(f"{raw} has {size} px patches but {lake} holds "
                                  f"{root.attrs['patch_size']} px ones; ingest into another lake")
-    else:
-        if not tree.patches:
-            first = next(iter(sorted(tree.problems.items())))
-            raise RawFormatError(f"no valid patch under {raw}; first problem: {first[1]}")
-        root = lk.create_lake(lake, lk.Layout(_patch_size(tree), cfg.patches_per_shard, cfg.codec,
-                                              cfg.zstd_level), storage_options=storage_options)
-    patch_size = int(root.attrs["patch_size"])
+        return root
+    if not tree.patches:
+        first = next(iter(sorted(tree.problems.items())))
+        raise RawFormatError(f"no valid patch under {raw}; first problem: {first[1]}")
+    return lk.create_lake(lake, lk.Layout(_patch_size(tree), cfg.patches_per_shard, cfg.codec, cfg.zstd_level),
+                          storage_options=storage_options)
+
+
+def begin_runs(root, plan: IngestPlan) -> None:
+    """Record what the plan is about to write before any task runs: retried runs set back to running (the
+    markers of their shards removed), this run as running with its rows, and every run's coordinate columns.
+
+    A kill after this point is resumed like any interrupted run.
+    """
+    for rid, shards in plan.reopened.items():
+        lk.update_run(root, rid, status="running", retried=lk.now_iso())
+        for shard in shards:
+            marker = lk.shard_marker(shard)
+            if root.get(marker) is not None:
+                del root[marker]
+    if plan.has_new_run:
+        lk.update_run(root, plan.run_id, command="ingest", status="running", raw=plan.raw,
+                      rows=[plan.rows.start, plan.rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
+                      patches_planned=len(plan.new), **plan.options)
+    for w in plan.work:  # idempotent: also repairs a run killed before its coordinates landed
+        lk.grow(root, w.rows.stop)
+        _write_coords(root, w.rows, w.patches)
+
+
+def record_outcome(root, plan: IngestPlan, written: set[int], summary: IngestSummary, t0: float) -> None:
+    """Record each run of the work complete with its counts, the lake's quarantine and the band statistics, and
+    this session's run with its time; count what was added and quarantined into ``summary``.
+
+    Args:
+        root: the lake's root group.
+        plan: the plan that was executed.
+        written: the shards this session's tasks wrote.
+        summary: the session's summary, completed here.
+        t0: when the session started (``time.perf_counter``).
+    """
     per_shard = int(root.attrs["patches_per_shard"])
-    run_id = f"ingest-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
-    summary = IngestSummary(lake=lake, run_id=run_id, raw_bytes=tree.raw_bytes)
-
-    # 1. interrupted runs: their rows are recorded; write the shards that have no marker
-    work: list[tuple[str, range, list[PatchFiles], dict[str, AreaFiles]]] = []
-    for r in root.attrs.get("runs", []):
-        if r.get("command") == "ingest" and r.get("status") == "running":
-            rtree = tree if Path(r["raw"]) == Path(raw).resolve() else discover(
-                r["raw"], metadata_path=r.get("metadata"), centroids_path=r.get("centroids"), sat_window=cfg.sat_window)
-            ids = root["patch_id"][r["rows"][0]:r["rows"][1]]
-            missing = [int(i) for i in ids if int(i) not in rtree.patches]
-            if missing:
-                raise FlairLakeError(f"cannot resume run {r['id']}: {len(missing)} patch(es) of {r['raw']} are "
-                                     f"gone (e.g. {names.img_name(missing[0])}); restore the raw tree")
-            work.append((r["id"], range(*r["rows"]), [rtree.patches[int(i)] for i in ids], rtree.areas))
-            summary.resumed_runs += 1
-    retried = _plan_retries(root, tree, raw, work, per_shard)
-    summary.retried = sum(len(v) for v in retried.values())
-
-    # 2. the new patches: not yet in the lake, sorted by super-area then id (filter reads areas in order)
-    present = _present_ids(root, set(tree.problems))
-    summary.already_present = len(present & tree.patches.keys())
-    new = sorted((p for pid, p in tree.patches.items() if pid not in present), key=lambda p: (p.area, p.patch_id))
-    new_problems = {pid: why for pid, why in tree.problems.items() if pid not in present}
-    if new or new_problems:
-        start = lk.next_run_start(root)
-        rows = range(start, start + len(new))
-        # the tree's explicit options are recorded: a resume from another tree, and validate's fix, reuse them
-        options = {k: str(Path(v).resolve()) for k, v in (("metadata", metadata_path), ("centroids", centroids_path))
-                   if v}
-        lk.update_run(root, run_id, command="ingest", status="running", raw=str(Path(raw).resolve()),
-                      rows=[rows.start, rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
-                      patches_planned=len(new), **options)
-        if new:
-            work.append((run_id, rows, new, tree.areas))
-    for _, rows, patches, _ in work:  # idempotent: also repairs a run killed before its coordinates landed
-        lk.grow(root, rows.stop)
-        _write_coords(root, rows, patches)
-
-    # 3. tasks: shards without a marker, super-areas not yet complete
-    shard_tasks, area_tasks = [], []
     complete = lk.read_markers(root)
-    for _, rows, patches, areas in work:
-        for s0 in range(rows.start, rows.stop, per_shard):
-            shard = s0 // per_shard
-            if shard in complete:
-                summary.shards_skipped += 1
-                continue
-            chunk = patches[s0 - rows.start: s0 - rows.start + per_shard]
-            shard_tasks.append(ShardTask(lake, shard, s0, tuple(
-                (p.patch_id, str(p.image), str(p.label) if p.label else None) for p in chunk),
-                patch_size, storage_options))
-        for name in sorted({p.area for p in patches}):
-            if root.get(f"{schema.SENTINEL_GROUP}/{name}") is not None and \
-                    root[f"{schema.SENTINEL_GROUP}/{name}"].attrs.get("complete"):
-                summary.areas_skipped += 1
-                continue
-            area_tasks.append(AreaTask(lake, areas[name], cfg.sentinel_codec, cfg.zstd_level, storage_options))
-    written = _run_tasks(shard_tasks, area_tasks, cfg, progress, summary) if shard_tasks or area_tasks else set()
-
-    # 4. outcome: per-run counts, quarantine, statistics; runs that were resumed are complete now
-    complete = lk.read_markers(root)
-    reports = {s: complete.get(s) for _, rows, _, _ in work
-               for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))}
+    reports = {s: complete.get(s) for w in plan.work
+               for s in range(w.rows.start // per_shard, math.ceil(w.rows.stop / per_shard))}
     quarantine = dict(root.attrs.get("quarantine", {}))
     run_bad: dict[str, set[int]] = {}
     records = {r["id"]: r for r in root.attrs.get("runs", [])}
-    for rid, rows, patches, _ in work:
+    for w in plan.work:
+        rid, rows, patches = w.run_id, w.rows, w.patches
         bad = {k: v for s in range(rows.start // per_shard, math.ceil(rows.stop / per_shard))
                for k, v in (reports[s] or {}).get("bad", {}).items()}
         bad_ids = run_bad[rid] = {int(k) for k in bad}
@@ -426,25 +341,24 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
         quarantine.update(bad)
         summary.quarantined.update({int(k): v for k, v in bad.items()})
         # a retried run adds the patches that were quarantined and landed now; others what this session wrote
-        if rid in retried:
-            summary.added += len(retried[rid] - bad_ids)
+        if rid in plan.retries:
+            summary.added += len(plan.retries[rid] - bad_ids)
         else:
             now = sum(min(rows.stop, (s + 1) * per_shard) - max(rows.start, s * per_shard)
                       - len((reports[s] or {}).get("bad", {})) for s in written
                       if rows.start // per_shard <= s < math.ceil(rows.stop / per_shard))
             summary.added += now
             summary.landed_before += len(patches) - len(bad_ids) - now
-    quarantine.update({str(k): v for k, v in new_problems.items()})
-    summary.quarantined.update(new_problems)
+    quarantine.update({str(k): v for k, v in plan.new_problems.items()})
+    summary.quarantined.update(plan.new_problems)
     root.attrs["quarantine"] = quarantine
     _update_band_stats(root, complete)
     summary.seconds = time.perf_counter() - t0
-    if new or new_problems:  # this run's quarantine: patches its tasks rejected and those its plan left out
-        ids = run_bad.get(run_id, set()) | set(new_problems)
-        lk.update_run(root, run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
-                      raw_bytes=tree.raw_bytes, plan_quarantined=len(new_problems), quarantined=len(ids),
+    if plan.has_new_run:  # this run's quarantine: patches its tasks rejected and those its plan left out
+        ids = run_bad.get(plan.run_id, set()) | set(plan.new_problems)
+        lk.update_run(root, plan.run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
+                      raw_bytes=summary.raw_bytes, plan_quarantined=len(plan.new_problems), quarantined=len(ids),
                       quarantined_ids=sorted(ids))
-    return summary
 
 
 def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: IngestSummary) -> set[int]:

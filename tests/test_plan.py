@@ -1,0 +1,187 @@
+"""The plans of ingest and filter, without a Dask cluster: what resumes, what is retried or quarantined, the new
+rows and the tasks, from a tiny synthetic tree and a lake state."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import pytest
+
+from flair_lake import lake as lk
+from flair_lake.config import IngestConfig, SynthConfig
+from flair_lake.errors import FlairLakeError
+from flair_lake.raw.discover import RawTree, discover
+from flair_lake.synth import synthesize
+from pipelines.ingest_plan import LakeState, plan_ingest
+
+# 10 patches in two super-areas, 4 patches a shard: a run of the whole tree fills shards 0, 1 and half of 2
+SYNTH = SynthConfig(domains=("D006_2020", "D004_2021"), zones_per_domain=1, patches_per_zone=5, patch_size=32,
+                    max_dates=22)
+PER_SHARD = 4
+CFG = IngestConfig(patches_per_shard=PER_SHARD)
+LAKE = "lake.zarr"  # the plan only names it in the tasks
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan") / "raw"
+    synthesize(root, SYNTH)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(raw) -> RawTree:
+    return discover(raw)
+
+
+def _order(tree: RawTree) -> list[int]:
+    """Return the tree's patch ids in the row order a run gives them (super-area, then id)."""
+    return [p.patch_id for p in sorted(tree.patches.values(), key=lambda p: (p.area, p.patch_id))]
+
+
+def _state(**kw) -> LakeState:
+    """Return the state of an empty lake of 32 px patches, 4 a shard, with ``kw`` replaced."""
+    empty = LakeState(patch_size=32, per_shard=PER_SHARD, runs=[], patch_id=np.zeros(0, np.int32),
+                      status=np.zeros(0, np.uint8), quarantine={}, complete_shards=frozenset(),
+                      complete_areas=frozenset(), next_start=0)
+    return dataclasses.replace(empty, **kw)
+
+
+def _run(rid: str, raw, rows: tuple[int, int], status: str, started: str = "2026-01-01T00:00:00+00:00") -> dict:
+    return {"id": rid, "command": "ingest", "status": status, "raw": str(raw.resolve()), "rows": list(rows),
+            "started": started}
+
+
+def _lake_of(tree: RawTree, raw, status: str, started: str = "2026-01-01T00:00:00+00:00", **kw) -> LakeState:
+    """Return the state of a lake holding one run of the whole tree (rows 0-10, every row status 1)."""
+    ids = np.array(_order(tree), np.int32)
+    return _state(runs=[_run("ingest-a", raw, (0, ids.size), status, started)], patch_id=ids,
+                  status=np.ones(ids.size, np.uint8), next_start=12, **kw)
+
+
+def _shards(plan) -> list[tuple[int, int, int]]:
+    return [(t.shard, t.row0, len(t.items)) for t in plan.shard_tasks]
+
+
+def test_a_new_lake_gets_every_patch_in_area_order(tree, raw):
+    plan = plan_ingest(_state(), tree, raw, LAKE, CFG)
+    assert plan.rows == range(10) and plan.has_new_run
+    assert [p.patch_id for p in plan.new] == _order(tree)
+    assert [w.run_id for w in plan.work] == [plan.run_id]
+    assert _shards(plan) == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+    assert [i[0] for t in plan.shard_tasks for i in t.items] == _order(tree)  # each task's rows, in order
+    assert sorted(t.area.name for t in plan.area_tasks) == sorted(tree.areas)
+    assert not (plan.resumed or plan.retries or plan.reopened or plan.new_problems)
+    assert plan.shards_skipped == plan.areas_skipped == plan.already_present == 0
+
+
+def test_new_rows_start_on_the_shard_boundary_after_every_run(tree, raw):
+    # an earlier run of another tree filled rows 0-6: shard 1 is half full and stays its run's
+    other = np.arange(900001, 900007, dtype=np.int32)
+    state = _state(runs=[{"id": "ingest-0", "command": "ingest", "status": "complete", "raw": "/elsewhere",
+                          "rows": [0, 6], "started": "2026-01-01T00:00:00+00:00"}],
+                   patch_id=other, status=np.ones(6, np.uint8), complete_shards=frozenset({0, 1}), next_start=8)
+    plan = plan_ingest(state, tree, raw, LAKE, CFG)
+    assert plan.rows == range(8, 18)
+    assert _shards(plan) == [(2, 8, 4), (3, 12, 4), (4, 16, 2)]
+
+
+def test_the_next_run_start_is_read_from_the_lake(tmp_path):
+    root = lk.create_lake(str(tmp_path / "lake.zarr"), lk.Layout(32, PER_SHARD))
+    assert LakeState.read(root).next_start == 0
+    lk.update_run(root, "ingest-0", command="ingest", status="complete", raw="/elsewhere", rows=[0, 6])
+    lk.grow(root, 6)
+    state = LakeState.read(root)
+    assert state.next_start == 8 and state.patch_id.shape == (6,) and not state.complete_shards
+    assert (state.patch_size, state.per_shard) == (32, PER_SHARD)
+
+
+def test_an_interrupted_run_resumes_its_shards_without_a_marker(tree, raw):
+    area = min(tree.areas)
+    state = _lake_of(tree, raw, "running", complete_shards=frozenset({0}), complete_areas=frozenset({area}))
+    plan = plan_ingest(state, tree, raw, LAKE, CFG)
+    assert plan.resumed == ["ingest-a"] and plan.rows is None and not plan.new
+    assert [(w.run_id, w.rows) for w in plan.work] == [("ingest-a", range(10))]
+    assert _shards(plan) == [(1, 4, 4), (2, 8, 2)] and plan.shards_skipped == 1
+    assert [t.area.name for t in plan.area_tasks] == sorted(tree.areas)[1:] and plan.areas_skipped == 1
+    assert plan.already_present == 10
+
+
+def test_an_interrupted_run_whose_patches_left_the_tree_cannot_resume(tree, raw):
+    state = _lake_of(tree, raw, "running")
+    gone = dataclasses.replace(state, patch_id=np.where(state.patch_id == state.patch_id[3], 999999,
+                                                        state.patch_id))
+    with pytest.raises(FlairLakeError, match="cannot resume run ingest-a: 1 patch"):
+        plan_ingest(gone, tree, raw, LAKE, CFG)
+
+
+def test_a_quarantined_patch_whose_file_changed_is_retried_in_its_own_shard(tree, raw):
+    status = np.ones(10, np.uint8)
+    status[5] = lk.STATUS_QUARANTINED
+    pid = _order(tree)[5]
+    # the run started long before the tree's files were written: the quarantined patch's files "changed since"
+    state = _lake_of(tree, raw, "complete", started="2000-01-01T00:00:00+00:00",
+                     complete_shards=frozenset({0, 1, 2}), complete_areas=frozenset(tree.areas))
+    state = dataclasses.replace(state, status=status, quarantine={str(pid): "truncated"})
+    plan = plan_ingest(state, tree, raw, LAKE, CFG)
+    assert plan.retries == {"ingest-a": {pid}} and plan.reopened == {"ingest-a": [1]}
+    assert [(w.run_id, w.rows) for w in plan.work] == [("ingest-a", range(10))]
+    assert _shards(plan) == [(1, 4, 4)] and plan.shards_skipped == 2  # the whole shard, in its own rows
+    assert plan.rows is None and not plan.area_tasks
+
+
+def test_a_quarantined_patch_whose_file_did_not_change_is_left_alone(tree, raw):
+    status = np.ones(10, np.uint8)
+    status[5] = lk.STATUS_QUARANTINED
+    later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+    state = _lake_of(tree, raw, "complete", started=later, complete_shards=frozenset({0, 1, 2}))
+    plan = plan_ingest(dataclasses.replace(state, status=status), tree, raw, LAKE, CFG)
+    assert not (plan.retries or plan.reopened or plan.work or plan.shard_tasks) and plan.rows is None
+
+
+def test_a_retry_needs_every_patch_of_its_run(tree, raw):
+    status = np.ones(10, np.uint8)
+    status[5] = lk.STATUS_QUARANTINED
+    state = _lake_of(tree, raw, "complete", started="2000-01-01T00:00:00+00:00")
+    left = _order(tree)[0]
+    smaller = RawTree(tree.root, {k: v for k, v in tree.patches.items() if k != left}, tree.areas)
+    plan = plan_ingest(dataclasses.replace(state, status=status), smaller, raw, LAKE, CFG)
+    assert not (plan.retries or plan.work)
+
+
+def test_the_plan_quarantines_bad_patches_once(tree, raw):
+    bad = _order(tree)[2]
+    broken = RawTree(tree.root, {k: v for k, v in tree.patches.items() if k != bad}, tree.areas,
+                     problems={bad: "no label"})
+    plan = plan_ingest(_state(), broken, raw, LAKE, CFG)
+    assert plan.new_problems == {bad: "no label"} and plan.rows == range(9)
+    # ingested again while still bad: nothing new, no run
+    ids = np.array([i for i in _order(tree) if i != bad], np.int32)
+    state = _state(runs=[_run("ingest-a", raw, (0, 9), "complete")], patch_id=ids, status=np.ones(9, np.uint8),
+                   quarantine={str(bad): "no label"}, complete_shards=frozenset({0, 1, 2}), next_start=12)
+    plan = plan_ingest(state, broken, raw, LAKE, CFG)
+    assert plan.rows is None and not plan.new_problems and plan.already_present == 9 and not plan.work
+    # a bad patch the lake has not seen: a run of its own records it, with no rows
+    plan = plan_ingest(dataclasses.replace(state, quarantine={}), broken, raw, LAKE, CFG)
+    assert plan.has_new_run and plan.rows == range(12, 12) and plan.new_problems == {bad: "no label"}
+    assert not plan.work and not plan.shard_tasks
+    # fixed since: it lands in a new run of its own, on the next shard boundary
+    plan = plan_ingest(state, tree, raw, LAKE, CFG)
+    assert [p.patch_id for p in plan.new] == [bad] and plan.rows == range(12, 13)
+    assert _shards(plan) == [(3, 12, 1)]
+
+
+def test_the_plan_writes_nothing(tree, raw, tmp_path):
+    lake = str(tmp_path / "lake.zarr")
+    root = lk.create_lake(lake, lk.Layout(32, PER_SHARD))
+    before = sorted((p, os.path.getmtime(p)) for p in _files(lake))
+    plan = plan_ingest(LakeState.read(root), tree, raw, lake, CFG)
+    assert plan.rows == range(10) and len(plan.shard_tasks) == 3
+    assert sorted((p, os.path.getmtime(p)) for p in _files(lake)) == before
+
+
+def _files(folder: str) -> list[str]:
+    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
