@@ -167,7 +167,10 @@ class FilterConfig:
 
     @classmethod
     def baseline(cls) -> "FilterConfig":
-        """Return the released baseline's exact behaviour (docs/baseline.md, "Cloud and snow filter", "Monthly composites")."""
+        """Return the released baseline's exact behaviour.
+
+        See docs/baseline.md, "Cloud and snow filter" and "Monthly composites".
+        """
         return cls(max_cover=0.5, min_prob=60.0, combine="sum", monthly=True, reducer="mean",
                    mask_pixels=False, skip_empty_months=True, ref_year=2021)
 
@@ -274,12 +277,14 @@ class FilterConfig:
 
 # --- training ---------------------------------------------------------------------------------------------------
 OPTIMIZERS = ("sgd", "adamw")
+# the names of flair_lake.models.MODELS, here so that `--model` is checked without importing torch
+MODEL_NAMES = ("utt", "utt-fpn", "utt-deeplabv3", "unet", "utae")
 AMP_MODES = ("bf16", "fp32")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Parameters of ``train/fit.py``; defaults follow the paper (§4; docs/baseline.md, "Training defaults")."""
+    """Parameters of ``flair-lake train``; defaults follow the paper (§4; docs/baseline.md, "Training defaults")."""
 
     lake: str = DEFAULT_LAKE
     view: str | None = None  # default: the lake's latest view
@@ -305,6 +310,8 @@ class TrainConfig:
     device: str | None = None  # default: cuda when available
 
     def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise UsageError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.amp not in AMP_MODES:
@@ -314,3 +321,7 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise UsageError(f"--max-batches must be >= 1, got {self.max_batches}")

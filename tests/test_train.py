@@ -14,11 +14,11 @@ import torch
 import zarr
 from click.testing import CliRunner
 
+from flair_lake.cli import main
 from flair_lake.config import TrainConfig
 from flair_lake.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,9 @@ def test_fit_resume_and_evaluate(train_lake, tmp_path):
     with pytest.raises(Exception, match="checkpoint"):
         fit(TrainConfig(**{**cfg.__dict__, "model": "unet", "resume": True, "epochs": 4}), progress=False)
 
-    from train.evaluate import main as evaluate_main
-
     pred = tmp_path / "pred"
-    res = CliRunner().invoke(evaluate_main, ["--ckpt", str(out / "best.pt"), "--lake", train_lake, "--split", "test",
-                                             "--predict", str(pred), "--workers", "0", "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["evaluate", "--ckpt", str(out / "best.pt"), "--lake", train_lake, "--split",
+                                    "test", "--predict", str(pred), "--workers", "0", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "official mIoU" in res.output
     metrics = json.loads((tmp_path / "metrics_test.json").read_text())
@@ -81,15 +79,13 @@ def test_loss_goes_down_and_resume_reproduces_the_next_epoch(train_lake, tmp_pat
     assert log_b[-1]["val_loss"] == log_a[-1]["val_loss"] and straight["epochs_run"] == 3
 
 
-def test_predict_script_with_tta(train_lake, tmp_path):
+def test_predict_with_tta(train_lake, tmp_path):
     torch.set_num_threads(2)
     fit(TrainConfig(lake=train_lake, model="utt", epochs=1, batch_size=4, workers=0, out=str(tmp_path / "r"),
                     max_batches=1), progress=False)
-    from train.predict import main as predict_main
-
-    res = CliRunner().invoke(predict_main, ["--ckpt", str(tmp_path / "r" / "best.pt"), "--lake", train_lake,
-                                            "--split", "val", "--out", str(tmp_path / "p"), "--tta",
-                                            "--probabilities", "--workers", "0"])
+    res = CliRunner().invoke(main, ["predict", "--ckpt", str(tmp_path / "r" / "best.pt"), "--lake", train_lake,
+                                    "--split", "val", "--out", str(tmp_path / "p"), "--tta", "--probabilities",
+                                    "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert "wrote 8 predictions" in res.output
     probs = sorted((tmp_path / "p").glob("PROB_*.tif"))
@@ -100,15 +96,46 @@ def test_predict_script_with_tta(train_lake, tmp_path):
         assert abs(total.mean() - 255) < 8  # probabilities sum to 1
 
 
-def test_fit_script_errors(tmp_path, train_lake):
-    from train.fit import main as fit_main
-
-    res = CliRunner().invoke(fit_main, ["--lake", str(tmp_path / "none.zarr")])
+def test_train_errors(tmp_path, train_lake):
+    res = CliRunner().invoke(main, ["train", "--lake", str(tmp_path / "none.zarr")])
     assert res.exit_code == 1 and "no lake at" in res.output
-    res = CliRunner().invoke(fit_main, ["--lake", train_lake, "--view", "nope", "--workers", "0"])
+    res = CliRunner().invoke(main, ["train", "--lake", train_lake, "--view", "nope", "--workers", "0"])
     assert res.exit_code == 1 and "view 'nope' is not in" in res.output
-    res = CliRunner().invoke(fit_main, ["--lake", train_lake, "--train-split", "D999_2020", "--workers", "0"])
+    res = CliRunner().invoke(main, ["train", "--lake", train_lake, "--train-split", "D999_2020", "--workers", "0"])
     assert res.exit_code != 0 and "unknown split or domain" in res.output
+
+
+def test_train_then_report(train_lake, tmp_path):
+    """``flair-lake train`` trains, then evaluates best.pt on val and test; ``report`` charts the run."""
+    torch.set_num_threads(2)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--lake", train_lake, "--model", "unet", "--epochs", "1",
+                                    "--max-batches", "1", "--batch-size", "4", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for split in ("val", "test"):
+        assert f"{split}: official mIoU" in res.output and "(best epoch 0)" in res.output, res.output
+        assert json.loads((out / f"metrics_{split}.json").read_text())["patches"] == 8
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out / 'curves.png'}" in res.output and "drawn by evaluation" in res.output
+
+
+def test_scripts_run_the_commands():
+    """train/*.py are the ``flair-lake`` commands, runnable from a checkout."""
+    import importlib.util
+    import subprocess
+
+    from flair_lake.cli import train as commands
+
+    for script, cmd in (("fit", commands.train), ("evaluate", commands.evaluate), ("predict", commands.predict),
+                        ("report", commands.report)):
+        spec = importlib.util.spec_from_file_location(f"_script_{script}", REPO / "train" / f"{script}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.main is cmd and main.get_command(None, cmd.name) is cmd
+    res = subprocess.run([sys.executable, str(REPO / "train" / "fit.py"), "--lake", "nowhere.zarr", "--model", "vit"],
+                         capture_output=True, text=True, cwd=REPO / "tests")
+    assert res.returncode == 2 and "'--model'" in res.stderr and "'vit' is not one of" in res.stderr, res.stderr
 
 
 def test_examples_are_the_patches_of_lowest_pixel_accuracy():
