@@ -238,11 +238,38 @@ def test_cube_codec_is_storage_not_semantics(lake_copy):
 def test_validate_rebuilds_a_view_with_its_cube_codec():
     import dataclasses
 
-    from flair_lake.validate.report import filter_flags
-    from pipelines.filter import view_name
+    from flair_lake.validate.report import filter_command, filter_flags
 
     zstd_baseline = dataclasses.replace(FilterConfig.baseline(), codec="zstd")
-    assert zstd_baseline.is_baseline() and view_name(zstd_baseline) == "baseline"
+    assert zstd_baseline.is_baseline() and zstd_baseline.view_name() == "baseline"
     assert filter_flags("baseline", dataclasses.asdict(zstd_baseline)) == "--preset baseline --codec zstd"
     cfg = FilterConfig(monthly=True, codec="none")
-    assert filter_flags(view_name(cfg), dataclasses.asdict(cfg)).endswith("--monthly --reducer mean --codec none")
+    assert filter_flags(cfg.view_name(), dataclasses.asdict(cfg)) == (
+        "--cloud 0.6 --prob 60 --combine union --monthly --reducer mean --codec none")
+    assert filter_flags("mine", dataclasses.asdict(cfg)).endswith("--codec none --name mine")
+    # params this version cannot read: the view is rebuilt under its name with the default parameters
+    assert filter_flags("old", {"cloud": 1}) == "--name old --overwrite"
+    assert filter_command("l.zarr", "old", {"cloud": 1}, overwrite=True) == "flair-lake filter l.zarr --name old --overwrite"
+
+
+def test_validate_rebuild_commands_parse_back_to_the_view_config(lake_copy):
+    """The filter command validate prints rebuilds the recorded config; a config no options give gets a Python call
+    that does."""
+    import dataclasses
+    import shlex
+    import subprocess
+    import sys
+
+    from flair_lake.validate.report import filter_command
+
+    cfg = FilterConfig(max_cover=0.35, min_prob=40.0, monthly=True, reducer="median", mask_pixels=True)
+    cmd = shlex.split(filter_command(lake_copy, "v1", dataclasses.asdict(cfg)))
+    assert cmd[:3] == ["flair-lake", "filter", lake_copy] and cmd[-2:] == ["--name", "v1"]
+    res = CliRunner().invoke(main, [*cmd[1:], "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert FilterConfig.from_params(zarr.open_group(lake_copy, mode="r")["views/v1"].attrs["params"]) == cfg
+    odd = dataclasses.replace(cfg, ref_year=2020)  # set by --preset baseline only
+    cmd = shlex.split(filter_command(lake_copy, "v2", dataclasses.asdict(odd)))
+    assert cmd[:2] == ["python", "-c"]
+    subprocess.run([sys.executable, "-c", cmd[2]], check=True, capture_output=True)
+    assert FilterConfig.from_params(zarr.open_group(lake_copy, mode="r")["views/v2"].attrs["params"]) == odd

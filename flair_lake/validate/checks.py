@@ -75,10 +75,10 @@ class Checker:
         """Return the ingest command that resumes ``run`` (and the other running runs), with its tree's options."""
         return ingest_command(self.lake, run)
 
-    def filter_cmd(self, name: str) -> str:
+    def filter_cmd(self, name: str, overwrite: bool = False) -> str:
         """Return the filter command that rebuilds (resumes, extends) the view ``name``."""
         vg = self.root[f"{schema.VIEWS_GROUP}/{name}"]
-        return filter_command(self.lake, name, vg.attrs.get("params", {}))
+        return filter_command(self.lake, name, vg.attrs.get("params", {}), overwrite=overwrite)
 
     def ingest_fix(self, shard: int, deep: bool = False) -> tuple[str, tuple | None]:
         """Return the repair of a damaged image shard, and its action.
@@ -277,7 +277,7 @@ def check_views(c: Checker) -> None:
     zone = c.root["zone"][:]
     for name, g in sorted(vg.groups()):
         fix, action = c.view_fix(name)
-        overwrite = f"re-run `{c.filter_cmd(name)} --overwrite`"
+        overwrite = f"re-run `{c.filter_cmd(name, overwrite=True)}`"
         for arr_name, arr in g.arrays():
             c.check(arr.shape[0] == c.n, f"view {name}: {arr_name} has {arr.shape[0]} rows, the lake {c.n}; "
                     f"fix: {fix} (it grows the view)", action)

@@ -11,7 +11,7 @@ from pathlib import Path
 from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.validate.checks import Checker
-from flair_lake.validate.report import ValidationReport, filter_flags, storage_flags
+from flair_lake.validate.report import ValidationReport, filter_command, storage_flags
 from flair_lake.validate.scan import StoreMetadata, metadata_problem, node_key
 from flair_lake.validate.shards import block_keys
 
@@ -132,6 +132,6 @@ def _next_commands(c: Checker, view_shards, storage_options: dict | None) -> Non
     views = [v for v, _ in view_shards] + [a[1] for a in rep.actions if a and a[0] == "filter"]
     for name in dict.fromkeys(views):
         params = c.root[f"{schema.VIEWS_GROUP}/{name}"].attrs.get("params", {})
-        rep.next_commands.append(f"flair-lake filter {lake} {filter_flags(name, params)}{flags}")
+        rep.next_commands.append(filter_command(lake, name, params, storage=flags))
     if raws and views:
         rep.notes.append("run the commands below in this order: filter reads the status rows that ingest restores")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flair_lake.errors import FlairLakeError
+from flair_lake.config import FilterConfig
+from flair_lake.errors import FlairLakeError, UsageError
 
 EXIT_INVALID = 4
 EXAMPLE_IDS = 5  # patch ids quoted per problem
@@ -90,30 +91,44 @@ def ingest_command(lake: str, run: dict) -> str:
     return f"flair-lake ingest {shlex.quote(run.get('raw', 'RAW'))} {shlex.quote(lake)}{opts}"
 
 
-def filter_command(lake: str, name: str, params: dict) -> str:
-    """Return the filter command that rebuilds (resumes, extends) the view ``name`` from its recorded params."""
-    return f"flair-lake filter {lake} {filter_flags(name, params)}"
+def filter_command(lake: str, name: str, params: dict, *, overwrite: bool = False, storage: str = "") -> str:
+    """Return the command that rebuilds (resumes, extends) the view ``name`` from its recorded params.
+
+    Args:
+        lake: the lake as the command names it (quoted by the caller when it must be).
+        name: the view's name.
+        params: the view's ``params`` attribute.
+        overwrite: rebuild the view from scratch (``--overwrite``).
+        storage: ``--storage-option`` flags (:func:`storage_flags`).
+
+    A config no ``flair-lake filter`` options give (:meth:`FilterConfig.to_flags`) is rebuilt by a Python call.
+    """
+    try:
+        flags = filter_flags(name, params)
+    except UsageError:
+        code = (f"from flair_lake.config import FilterConfig; from pipelines.filter import run_filter; "
+                f"run_filter({lake!r}, FilterConfig.from_params({params!r}), name={name!r}"
+                f"{', overwrite=True' if overwrite else ''})")
+        return f"python -c {shlex.quote(code)}"
+    again = " --overwrite" if overwrite and not flags.endswith(" --overwrite") else ""
+    return f"flair-lake filter {lake} {flags}{again}{storage}"
 
 
 def filter_flags(name: str, params: dict) -> str:
-    """Return the ``flair-lake filter`` options that rebuild the view ``name`` from its recorded params."""
-    from flair_lake.config import FilterConfig
+    """Return the ``flair-lake filter`` options that rebuild the view ``name`` from its recorded params.
 
+    ``--name`` is added when ``name`` is not the config's default name. Params this version cannot read give
+    ``--name NAME --overwrite`` (the view rebuilt with the default parameters).
+
+    Raises:
+        UsageError: no options give the recorded config (:meth:`FilterConfig.to_flags`).
+    """
     try:
-        cfg = FilterConfig(**params)
+        cfg = FilterConfig.from_params(params)
     except (TypeError, FlairLakeError):
         return f"--name {name} --overwrite"
-    if cfg.is_baseline():
-        flags = "--preset baseline"
-    else:
-        flags = f"--cloud {cfg.max_cover:g} --prob {cfg.min_prob:g} --combine {cfg.combine}"
-        if cfg.monthly:
-            flags += f" --monthly --reducer {cfg.reducer}" + (" --mask-pixels" if cfg.mask_pixels else "")
-    if cfg.codec != FilterConfig.codec:
-        flags += f" --codec {cfg.codec}"
-    from pipelines.filter import view_name
-
-    return flags + ("" if view_name(cfg) == name else f" --name {name}")
+    flags = shlex.join(cfg.to_flags())
+    return flags + ("" if cfg.view_name() == name else f" --name {shlex.quote(name)}")
 
 
 def storage_flags(storage_options: dict | None) -> str:

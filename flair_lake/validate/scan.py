@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.validate.report import filter_flags
+from flair_lake.validate.report import filter_command
 
 METADATA = "zarr.json"
 _PADDING = b"\0 \t\r\n"
@@ -146,7 +146,7 @@ def metadata_problem(lake: str, path: str, why: str, meta: StoreMetadata) -> tup
     if path.startswith(f"{schema.VIEWS_GROUP}/") and path.count("/") >= 1:
         view = path.split("/")[1]
         params = meta.docs.get(f"{schema.VIEWS_GROUP}/{view}", {}).get("attributes", {}).get("params")
-        cmd = (f"`flair-lake filter {lake} {filter_flags(view, params)}`" if params is not None
+        cmd = (f"`{filter_command(lake, view, params)}`" if params is not None
                else f"`flair-lake filter {lake}` with the view's parameters")
         text = (f"{key} is corrupt ({why}); {node} cannot be opened; fix: delete the view {lake}/"
                 f"{schema.VIEWS_GROUP}/{view} (derived data) and re-run {cmd}")
