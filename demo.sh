@@ -3,7 +3,6 @@
 # Usage: bash demo.sh [FOLDER]   (default: ./demo)
 set -euo pipefail
 DIR=${1:-demo}
-REPO=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$DIR"
 cd "$DIR"
 echo "== synth: a synthetic FLAIR #2 tree in raw/"
@@ -16,7 +15,7 @@ flair-lake filter --cloud 0.6 --monthly
 echo "== info"
 flair-lake info lake.zarr
 echo "== train: a short U-T&T run on CPU (CUDA when present), then the official mIoU on val and test"
-python "$REPO/train/fit.py" --lake lake.zarr --epochs 3 --batch-size 4 --lr 0.01 --out runs/demo
+flair-lake train --lake lake.zarr --epochs 3 --batch-size 4 --lr 0.01 --out runs/demo
 echo "== predictions: georeferenced GeoTIFFs for the test split"
-python "$REPO/train/evaluate.py" --ckpt runs/demo/best.pt --lake lake.zarr --split test --predict runs/demo/pred
+flair-lake evaluate --ckpt runs/demo/best.pt --lake lake.zarr --split test --predict runs/demo/pred
 echo "== demo done in $DIR"

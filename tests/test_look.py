@@ -373,6 +373,10 @@ def test_run_report(tmp_path):
     assert imread(paths[0]).shape[:2] == (400, 1000)
     with pytest.raises(UsageError, match="no log.csv"):
         render_run(tmp_path / "empty")
+    res = CliRunner().invoke(main, ["report", str(tmp_path), "-o", str(tmp_path / "charts")])
+    assert res.exit_code == 0 and f"wrote {tmp_path / 'charts' / 'iou_val.png'}" in res.output, res.output
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "no log.csv" in res.output, res.output
 
 
 def test_a_damaged_array_metadata_file_is_one_line_from_any_command(lake, tmp_path):
