@@ -1,16 +1,17 @@
 """The filter pipeline: cloud/snow date flags and monthly composites, once, as a named view in the lake.
 
-Reads top to bottom: open the lake -> name the view from its parameters (same parameters: nothing to do) ->
-create or grow the view's arrays -> one Dask task per patch shard (it reads each super-area it touches once,
-computes the cover of every window by integral images, the keep flags, and the composites per distinct
-keep-set) -> the report. Each task writes whole shards of the view, then its marker; a killed run resumes.
+Reads top to bottom: the task, then the coordinator: open the lake -> name the view from its parameters -> plan
+(:mod:`pipelines.filter_plan`: create, overwrite or grow the view, the shards still to write, up to date, the run
+record to continue; nothing written) -> prepare the view's arrays -> one Dask task per patch shard (it reads
+each super-area it touches once, computes the cover of every window by integral images, the keep flags, and the
+composites per distinct keep-set) -> the report. Each task writes whole shards of the view, then its marker; a
+killed run resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,26 +21,14 @@ from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.chunkio import write_shard
 from flair_lake.config import FilterConfig
-from flair_lake.errors import LakeStateError
 from flair_lake.info import report_lines
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
+from pipelines.filter_plan import COORDS, FilterPlan, FilterState, FilterTask, plan_filter
 
 log = logging.getLogger(__name__)
 
-BASELINE_VIEW = "baseline"
 MONTHLY_LEVEL = 1  # with --codec zstd: blosc-zstd level 1 encodes fastest for the same decode speed
-
-
-def view_name(cfg: FilterConfig) -> str:
-    """Return the default name of the view a configuration produces (stable, readable)."""
-    if cfg.is_baseline():
-        return BASELINE_VIEW
-    name = f"cloud{cfg.max_cover:g}-prob{cfg.min_prob:g}-{cfg.combine}"
-    if cfg.monthly:
-        name += f"-monthly-{cfg.reducer}" + ("-masked" if cfg.mask_pixels else "")
-        name += "-skipempty" if cfg.skip_empty_months else ""
-    return name
 
 
 @dataclass
@@ -70,25 +59,6 @@ class FilterSummary:
 
 
 # --- task -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FilterTask:
-    """One patch shard of a view."""
-
-    lake: str
-    view: str
-    shard: int
-    rows: tuple[int, int]
-    cfg: FilterConfig
-    t_max: int
-    window: int
-    storage_options: dict | None = None
-    coords: dict | None = None  # the shard's rows of COORDS, read once by the coordinator (None: read here)
-
-
-COORDS = (lk.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")
-REPORT_COORDS = ("patch_id", "domain")  # read with COORDS for the report
-
-
 def filter_shard(task: FilterTask) -> dict:
     """Compute and write one shard of a view: cover, keep, and (monthly) composites, counts and day offsets."""
     with lk.rust_codecs(task.lake), lk.fast_writes():  # arrays opened here decode and encode in Rust (local)
@@ -177,61 +147,13 @@ def _filter_shard(task: FilterTask) -> dict:
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
-def _area_shapes(root) -> dict[str, tuple[int, ...]]:
-    """Return the shape (dates, bands, rows, cols) of each super-area's data, from one pass over the areas."""
-    sen = root.get(schema.SENTINEL_GROUP)
-    return {name: tuple(g["data"].shape) for name, g in sen.groups()} if sen is not None else {}
-
-
-def _create_or_grow_view(root, name: str, cfg: FilterConfig, n: int, t_max: int, window: int) -> None:
-    """Create the view's arrays at ``n`` rows, or grow an existing view to the lake's current size."""
-    s = int(root.attrs["patches_per_shard"])
-    path = f"{schema.VIEWS_GROUP}/{name}"
-    vg = root.get(path)
-    if vg is None:
-        vg = root.create_group(path, attributes={
-            "params": dataclasses.asdict(cfg), "window": window, "complete": False, "created": lk.now_iso(),
-            "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
-        z = lk.compressors("zstd")
-        specs = {
-            "cover": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
-                          compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                          attributes={"description": "covered fraction of the patch window per area date"}),
-            "keep": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
-                         compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                         attributes={"description": "date kept (cover < max_cover); False beyond n_dates"}),
-            "n_dates": dict(shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
-                            dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"}),
-        }
-        if cfg.monthly:
-            specs["monthly"] = dict(
-                shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
-                shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
-                compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
-                dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
-                attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
-            specs["month_count"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
-                                        compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                                        attributes={"description": "kept dates per month; 0 = empty month"})
-            specs["month_days"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
-                                       compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                                       attributes={"description": "days from the 15th of the month to the "
-                                                                  "reference date"})
-        lk.create_arrays(vg, specs)  # one round of metadata writes, not one per array
-        return
-    for arr_name, arr in vg.arrays():
-        shape = list(arr.shape)
-        shape[0] = max(shape[0], n)
-        if arr_name in ("cover", "keep"):
-            shape[1] = max(shape[1], t_max)
-        if tuple(shape) != arr.shape:
-            arr.resize(tuple(shape))
-
-
 def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwrite: bool = False,
                scheduler: str | None = None, workers: int | None = None, storage_options: dict | None = None,
                progress: bool | None = None, window: int = schema.S2_WINDOW) -> FilterSummary:
     """Build (or resume, or extend) the view of ``cfg`` in ``lake``.
+
+    Plan (:func:`pipelines.filter_plan.plan_filter`, nothing written) -> execute (prepare the view, record the
+    run, map the shard tasks over the cluster) -> record the report.
 
     Raises:
         LakeNotFoundError: no lake at ``lake``.
@@ -242,66 +164,92 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     t0 = time.perf_counter()
     root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
     check_scheduler(scheduler)
-    shapes = _area_shapes(root)
-    t_max = max((shape[0] for shape in shapes.values()), default=0)
-    if t_max == 0:
-        raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
-                             "its flair_sen_* folders")
-    name = name or view_name(cfg)
-    path = f"{schema.VIEWS_GROUP}/{name}"
-    existing = root.get(path)
-    params = dataclasses.asdict(cfg)
-    if existing is not None:
-        if existing.attrs.get("params") != params and not overwrite:
-            raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
-                                 f"({existing.attrs.get('params')}); pass --overwrite or choose another --name")
-        if overwrite:
-            del root[schema.VIEWS_GROUP][name]
-    n = lk.n_rows(root)
-    per_shard = int(root.attrs["patches_per_shard"])
-    _create_or_grow_view(root, name, cfg, n, t_max, window)
-    coords = lk.read_arrays(root, COORDS + REPORT_COORDS)
-    status = coords[lk.STATUS_ARRAY]
-    summary = FilterSummary(lake=lake, view=name)
-    tasks = []
-    finished = lk.read_markers(root, f"{path}/done")
-    for s in range(math.ceil(n / per_shard)):
-        a, b = s * per_shard, min((s + 1) * per_shard, n)
-        if not (status[a:b] == lk.STATUS_OK).any():
-            continue
-        if s in finished:
-            summary.shards_skipped += 1
-            continue
-        tasks.append(FilterTask(lake, name, s, (a, b), cfg, t_max, window, storage_options,
-                                {k: coords[k][a:b] for k in COORDS}))
-    if len(tasks) > 1:  # largest first (a task's time follows the size of the areas it reads): fewer idle workers
-        zone = coords["zone"]
-        area_size = np.array([math.prod(shapes.get(a, (0,))) for a in root.attrs["areas"]], np.int64)
-        tasks.sort(key=lambda t: -int(area_size[np.unique(zone[t.rows[0]:t.rows[1]])].sum()))
-    vg = root[path]
-    if not tasks and vg.attrs.get("complete"):
+    name = name or cfg.view_name()
+    state = FilterState.read(root, name)
+    plan = plan_filter(state, cfg, lake, name=name, overwrite=overwrite, storage_options=storage_options,
+                       window=window)
+    summary = FilterSummary(lake=lake, view=name, shards_skipped=plan.shards_skipped)
+    prepare_view(root, plan, cfg, state.per_shard, state.n)
+    if plan.up_to_date:
         summary.up_to_date = True
         return summary
-    interrupted = [r["id"] for r in root.attrs.get("runs", [])
-                   if r.get("command") == "filter" and r.get("view") == name and r.get("status") == "running"]
-    if interrupted:  # this run finishes that one: its record is completed, not left running beside a new one
-        run_id = interrupted[-1]
-        lk.update_run(root, run_id, resumed=lk.now_iso(), params=params)
+    begin_run(root, plan)
+    results = _run_tasks(plan.tasks, scheduler, workers, progress, summary) if plan.tasks else []
+    record_report(root, plan, state, results, summary, t0)
+    return summary
+
+
+def prepare_view(root, plan: FilterPlan, cfg: FilterConfig, per_shard: int, n: int) -> None:
+    """Delete the view when it is overwritten, create its arrays at ``n`` rows, or grow them (the plan's
+    :attr:`~pipelines.filter_plan.FilterPlan.resize`)."""
+    if plan.delete:
+        del root[schema.VIEWS_GROUP][plan.view]
+    if plan.create:
+        _create_view(root, plan.view, cfg, per_shard, n, plan.t_max, plan.window)
+        return
+    vg = root[f"{schema.VIEWS_GROUP}/{plan.view}"]
+    for arr_name, shape in plan.resize.items():
+        vg[arr_name].resize(shape)
+
+
+def _create_view(root, name: str, cfg: FilterConfig, s: int, n: int, t_max: int, window: int) -> None:
+    """Create the view's group, with its attributes, and its arrays at ``n`` rows."""
+    vg = root.create_group(f"{schema.VIEWS_GROUP}/{name}", attributes={
+        "params": dataclasses.asdict(cfg), "window": window, "complete": False, "created": lk.now_iso(),
+        "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
+    z = lk.compressors("zstd")
+    specs = {
+        "cover": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
+                      compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                      attributes={"description": "covered fraction of the patch window per area date"}),
+        "keep": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
+                     compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
+                     attributes={"description": "date kept (cover < max_cover); False beyond n_dates"}),
+        "n_dates": dict(shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
+                        dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"}),
+    }
+    if cfg.monthly:
+        specs["monthly"] = dict(
+            shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
+            shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
+            compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
+            dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
+            attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
+        specs["month_count"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
+                                    compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                                    attributes={"description": "kept dates per month; 0 = empty month"})
+        specs["month_days"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
+                                   compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
+                                   attributes={"description": "days from the 15th of the month to the "
+                                                              "reference date"})
+    lk.create_arrays(vg, specs)  # one round of metadata writes, not one per array
+
+
+def begin_run(root, plan: FilterPlan) -> None:
+    """Record the run as running before any task: a new record, or the interrupted one this run finishes."""
+    if plan.resumes:  # its record is completed, not left running beside a new one
+        lk.update_run(root, plan.run_id, resumed=lk.now_iso(), params=plan.params)
     else:
-        run_id = f"filter-{lk.now_iso()}-{len(root.attrs.get('runs', []))}"
-        lk.update_run(root, run_id, command="filter", view=name, status="running", started=lk.now_iso(),
-                      params=params)
-    results = _run_tasks(tasks, scheduler, workers, progress, summary) if tasks else []
-    every_shard = summary.shards_skipped == 0 and len(results) == len(tasks) and bool(tasks)
-    report = build_report(root, name, coords, results if every_shard else None)
-    summary.patches = int((status == lk.STATUS_OK).sum())
+        lk.update_run(root, plan.run_id, command="filter", view=plan.view, status="running", started=lk.now_iso(),
+                      params=plan.params)
+
+
+def record_report(root, plan: FilterPlan, state: FilterState, results: list[dict], summary: FilterSummary,
+                  t0: float) -> None:
+    """Record the view complete with its report, make it the latest, and complete the run record.
+
+    The report is built from the tasks' columns when the run wrote every shard of the view, else from the lake.
+    """
+    every_shard = summary.shards_skipped == 0 and len(results) == len(plan.tasks) and bool(plan.tasks)
+    report = build_report(root, plan.view, state.coords, results if every_shard else None)
+    summary.patches = int((state.coords[lk.STATUS_ARRAY] == lk.STATUS_OK).sum())
     summary.seconds = time.perf_counter() - t0
     summary.report = report
-    vg.attrs.update({"complete": True, "rows": n, "report": report, "updated": lk.now_iso()})
-    root[schema.VIEWS_GROUP].attrs["latest"] = name
-    lk.update_run(root, run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
+    root[f"{schema.VIEWS_GROUP}/{plan.view}"].attrs.update({"complete": True, "rows": state.n, "report": report,
+                                                             "updated": lk.now_iso()})
+    root[schema.VIEWS_GROUP].attrs["latest"] = plan.view
+    lk.update_run(root, plan.run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
                   patches=summary.patches)
-    return summary
 
 
 def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> list[dict]:

@@ -224,9 +224,9 @@ def test_cube_codec_is_storage_not_semantics(lake_copy):
     runner = CliRunner()
     res = runner.invoke(main, ["filter", lake_copy, "--preset", "baseline", "--codec", "zstd", "--workers", "1"])
     assert res.exit_code == 0 and "view baseline" in res.output, res.output
-    res = runner.invoke(main, ["filter", lake_copy, "--monthly", "--name", "lz4", "--preset", "baseline",
+    res = runner.invoke(main, ["filter", lake_copy, "--cloud", "0.3", "--name", "lz4", "--preset", "baseline",
                                "--workers", "1"])
-    assert res.exit_code == 2  # --monthly with the preset
+    assert res.exit_code == 2, res.output  # a flag contradicting the preset
     assert runner.invoke(main, ["filter", lake_copy, "--preset", "baseline", "--name", "lz4",
                                 "--workers", "1"]).exit_code == 0
     views = zarr.open_group(lake_copy, mode="r")["views"]

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from flair_lake import lake as lk
-from flair_lake.config import IngestConfig, SynthConfig
-from flair_lake.errors import FlairLakeError
+from flair_lake import schema
+from flair_lake.config import FilterConfig, IngestConfig, SynthConfig
+from flair_lake.errors import FlairLakeError, LakeStateError
 from flair_lake.raw.discover import RawTree, discover
 from flair_lake.synth import synthesize
+from pipelines.filter_plan import FilterState, ViewState, plan_filter
 from pipelines.ingest_plan import LakeState, plan_ingest
 
 # 10 patches in two super-areas, 4 patches a shard: a run of the whole tree fills shards 0, 1 and half of 2
@@ -185,3 +187,89 @@ def test_the_plan_writes_nothing(tree, raw, tmp_path):
 
 def _files(folder: str) -> list[str]:
     return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+
+
+# --- filter -----------------------------------------------------------------------------------------------------
+FILTER_SHARD = 8
+SHAPES = {"A": (30, 10, 100, 100), "B": (20, 10, 200, 200)}  # B: fewer dates, the larger area
+
+
+def _filter_state(view: ViewState | None = None, runs: list[dict] | None = None, **kw) -> FilterState:
+    """Return a lake of 32 rows, 8 a shard: shard 0 in area A, 1 in B, 2 in A, 3 empty (an append's padding)."""
+    n = 32
+    zone = np.repeat(np.array([0, 1, 0, 0], np.int32), FILTER_SHARD)
+    status = np.repeat(np.array([1, 1, 1, 0], np.uint8), FILTER_SHARD)
+    status[17] = lk.STATUS_QUARANTINED
+    coords = {lk.STATUS_ARRAY: status, "zone": zone, "year": np.full(n, 2021, np.int16),
+              "s2_row": np.full(n, 50, np.int32), "s2_col": np.full(n, 50, np.int32),
+              "patch_id": np.arange(n, dtype=np.int32), "domain": np.zeros(n, np.int16)}
+    state = FilterState(per_shard=FILTER_SHARD, areas=["A", "B"], area_shapes=SHAPES, coords=coords,
+                        runs=runs or [], view=view)
+    return dataclasses.replace(state, **kw)
+
+
+def _view(cfg: FilterConfig, finished=(), complete: bool = False, rows: int = 32, dates: int = 30) -> ViewState:
+    shapes = {"cover": (rows, dates), "keep": (rows, dates), "n_dates": (rows,)}
+    return ViewState(dataclasses.asdict(cfg), complete, shapes, frozenset(finished))
+
+
+def _tasks(plan) -> list[int]:
+    return [t.shard for t in plan.tasks]
+
+
+def test_a_new_view_gets_a_task_per_shard_with_patches_largest_area_first():
+    cfg = FilterConfig()
+    plan = plan_filter(_filter_state(), cfg, LAKE)
+    assert plan.view == cfg.view_name() and plan.create and not plan.delete and not plan.resize
+    assert plan.t_max == 30 and _tasks(plan) == [1, 0, 2]  # shard 3 holds no ingested patch
+    assert plan.tasks[0].rows == (8, 16) and plan.tasks[0].coords["zone"].tolist() == [1] * 8
+    assert not plan.up_to_date and not plan.resumes and plan.run_id.startswith("filter-")
+    assert plan_filter(_filter_state(), cfg, LAKE, name="mine").view == "mine"
+
+
+def test_no_sentinel_data_or_other_parameters_stop_the_plan():
+    with pytest.raises(LakeStateError, match="no Sentinel-2 data"):
+        plan_filter(_filter_state(area_shapes={}), FilterConfig(), LAKE)
+    cfg = FilterConfig()
+    other = _filter_state(_view(FilterConfig(max_cover=0.3), finished={0, 1, 2}, complete=True))
+    with pytest.raises(LakeStateError, match="exists in lake.zarr with other parameters"):
+        plan_filter(other, cfg, LAKE)
+    plan = plan_filter(other, cfg, LAKE, overwrite=True)  # rebuilt whole: its markers go with it
+    assert plan.delete and plan.create and _tasks(plan) == [1, 0, 2] and plan.shards_skipped == 0
+
+
+def test_an_interrupted_view_resumes_its_unfinished_shards_and_its_run():
+    cfg = FilterConfig(monthly=True)
+    runs = [{"id": "filter-1", "command": "filter", "view": cfg.view_name(), "status": "running"},
+            {"id": "filter-2", "command": "filter", "view": "other", "status": "running"}]
+    plan = plan_filter(_filter_state(_view(cfg, finished={1}), runs), cfg, LAKE)
+    assert _tasks(plan) == [0, 2] and plan.shards_skipped == 1 and not plan.create and not plan.resize
+    assert plan.resumes and plan.run_id == "filter-1" and not plan.up_to_date
+
+
+def test_a_complete_view_with_every_shard_is_up_to_date():
+    cfg = FilterConfig()
+    plan = plan_filter(_filter_state(_view(cfg, finished={0, 1, 2}, complete=True)), cfg, LAKE)
+    assert plan.up_to_date and not plan.tasks and plan.shards_skipped == 3 and not plan.resize
+
+
+def test_a_view_grows_after_an_append_and_writes_only_the_new_shards():
+    cfg = FilterConfig()
+    view = _view(cfg, finished={0, 1}, complete=True, rows=16, dates=25)
+    view = dataclasses.replace(view, shapes={**view.shapes, "monthly": (16, 12, 10, 40, 40)})
+    plan = plan_filter(_filter_state(view), cfg, LAKE)
+    assert plan.resize == {"cover": (32, 30), "keep": (32, 30), "n_dates": (32,), "monthly": (32, 12, 10, 40, 40)}
+    assert _tasks(plan) == [2] and plan.shards_skipped == 2 and not plan.up_to_date and not plan.create
+
+
+def test_the_filter_state_is_read_from_the_lake(tmp_path):
+    root = lk.create_lake(str(tmp_path / "lake.zarr"), lk.Layout(32, FILTER_SHARD))
+    lk.grow(root, 8)
+    root[lk.STATUS_ARRAY][:] = lk.STATUS_OK
+    root.attrs["areas"] = ["A"]
+    root.create_array(f"{schema.SENTINEL_GROUP}/A/data", shape=(5, 10, 50, 50), dtype="uint16")
+    state = FilterState.read(root, "v")
+    assert state.n == 8 and state.per_shard == FILTER_SHARD and state.view is None
+    assert state.area_shapes == {"A": (5, 10, 50, 50)} and state.areas == ["A"]
+    plan = plan_filter(state, FilterConfig(), str(tmp_path / "lake.zarr"), name="v")
+    assert _tasks(plan) == [0] and plan.t_max == 5 and plan.create

@@ -1,0 +1,186 @@
+"""Plan a filter run from the lake's state; nothing here writes.
+
+The plan says whether the view is created (new, or overwritten) or grown to the lake's rows and dates (an
+extension after an append), which patch shards are still to be written (a killed run resumes: a shard with its
+marker is done), whether the view is up to date, and which run record the run continues. :mod:`pipelines.filter`
+prepares the view, runs the tasks on the cluster and records the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import FilterConfig
+from flair_lake.errors import LakeStateError
+
+COORDS = (lk.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")  # what a task reads of its rows
+REPORT_COORDS = ("patch_id", "domain")  # read with COORDS for the report
+
+
+# --- the task's input (the function is in pipelines.filter) -----------------------------------------------------
+@dataclass(frozen=True)
+class FilterTask:
+    """One patch shard of a view."""
+
+    lake: str
+    view: str
+    shard: int
+    rows: tuple[int, int]
+    cfg: FilterConfig
+    t_max: int
+    window: int
+    storage_options: dict | None = None
+    coords: dict | None = None  # the shard's rows of COORDS, read once by the coordinator (None: read here)
+
+
+# --- what the plan reads of the lake ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ViewState:
+    """What the plan reads of an existing view."""
+
+    params: dict | None  # the filter parameters it was built with
+    complete: bool
+    shapes: dict[str, tuple[int, ...]]  # array name -> shape
+    finished: frozenset[int]  # shards whose marker exists
+
+
+@dataclass(frozen=True)
+class FilterState:
+    """What the plan reads of a lake: its rows, the per-patch columns the tasks and the report need, the
+    super-areas' shapes, the run records, and the view (None when there is none)."""
+
+    per_shard: int
+    areas: list[str]  # zone code -> super-area name
+    area_shapes: dict[str, tuple[int, ...]]  # super-area -> shape of its data (dates, bands, rows, cols)
+    coords: dict[str, np.ndarray]  # COORDS and REPORT_COORDS of every row
+    runs: list[dict]
+    view: ViewState | None = None
+
+    @property
+    def n(self) -> int:
+        """Return the lake's rows."""
+        return int(self.coords["patch_id"].shape[0])
+
+    @classmethod
+    def read(cls, root, view: str) -> FilterState:
+        """Return the state of the lake ``root`` and of its view ``view`` (the columns in one event-loop round)."""
+        attrs = root.attrs.asdict()
+        sen = root.get(schema.SENTINEL_GROUP)
+        shapes = {name: tuple(g["data"].shape) for name, g in sen.groups()} if sen is not None else {}
+        path = f"{schema.VIEWS_GROUP}/{view}"
+        vg = root.get(path)
+        state = None
+        if vg is not None:
+            state = ViewState(params=vg.attrs.get("params"), complete=bool(vg.attrs.get("complete")),
+                              shapes={name: tuple(arr.shape) for name, arr in vg.arrays()},
+                              finished=frozenset(lk.read_markers(root, f"{path}/done")))
+        return cls(per_shard=int(attrs["patches_per_shard"]), areas=list(attrs.get("areas", [])), area_shapes=shapes,
+                   coords=lk.read_arrays(root, COORDS + REPORT_COORDS), runs=list(attrs.get("runs", [])),
+                   view=state)
+
+
+# --- the plan ---------------------------------------------------------------------------------------------------
+@dataclass
+class FilterPlan:
+    """What a filter run does, decided before anything is written."""
+
+    view: str
+    params: dict  # the config as the view and its run record store it
+    t_max: int  # the most dates of any super-area: the date axis of cover and keep
+    window: int
+    create: bool  # the view's arrays are created (no view yet, or an overwritten one)
+    delete: bool  # an existing view is deleted first (overwrite)
+    resize: dict[str, tuple[int, ...]] = field(default_factory=dict)  # existing arrays grown (an extension)
+    tasks: list[FilterTask] = field(default_factory=list)  # largest first
+    shards_skipped: int = 0  # shards with patches whose marker exists
+    up_to_date: bool = False  # nothing to write and the view is complete
+    run_id: str = ""
+    resumes: bool = False  # run_id is an interrupted run of this view, which this run finishes
+
+
+def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str | None = None,
+                overwrite: bool = False, storage_options: dict | None = None,
+                window: int = schema.S2_WINDOW) -> FilterPlan:
+    """Return the plan of building (or resuming, or extending) the view of ``cfg`` in the lake of ``state``.
+
+    Args:
+        state: the lake's state (:meth:`FilterState.read` of the view ``name``).
+        cfg: the filter parameters.
+        lake: the lake's path or URL (the tasks write there).
+        name: the view's name; None: :meth:`FilterConfig.view_name`.
+        overwrite: rebuild a view of that name built with other parameters.
+        storage_options: fsspec options of an object store, for the tasks.
+        window: the Sentinel-2 window around each centroid, pixels.
+
+    Raises:
+        LakeStateError: no Sentinel data, or a view of that name with other parameters (without overwrite).
+    """
+    t_max = max((shape[0] for shape in state.area_shapes.values()), default=0)
+    if t_max == 0:
+        raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
+                             "its flair_sen_* folders")
+    name = name or cfg.view_name()
+    params = dataclasses.asdict(cfg)
+    view = state.view
+    if view is not None and view.params != params and not overwrite:
+        raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
+                             f"({view.params}); pass --overwrite or choose another --name")
+    fresh = view is None or overwrite
+    plan = FilterPlan(view=name, params=params, t_max=t_max, window=window, create=fresh,
+                      delete=view is not None and overwrite)
+    if not fresh:
+        plan.resize = _grown(view.shapes, state.n, t_max)
+    _plan_tasks(plan, state, cfg, lake, frozenset() if fresh else view.finished, storage_options)
+    plan.up_to_date = not plan.tasks and not fresh and view.complete
+    _plan_run(plan, state)
+    return plan
+
+
+def _grown(shapes: dict[str, tuple[int, ...]], n: int, t_max: int) -> dict[str, tuple[int, ...]]:
+    """Return the new shape of each array of an existing view that the lake's rows (or a longer super-area)
+    outgrew: every array to ``n`` rows, ``cover`` and ``keep`` to ``t_max`` dates."""
+    out = {}
+    for arr_name, old in shapes.items():
+        shape = list(old)
+        shape[0] = max(shape[0], n)
+        if arr_name in ("cover", "keep"):
+            shape[1] = max(shape[1], t_max)
+        if tuple(shape) != old:
+            out[arr_name] = tuple(shape)
+    return out
+
+
+def _plan_tasks(plan: FilterPlan, state: FilterState, cfg: FilterConfig, lake: str, finished: frozenset[int],
+                storage_options: dict | None) -> None:
+    """One task per patch shard that holds ingested patches and has no marker, largest first."""
+    n, per_shard, coords = state.n, state.per_shard, state.coords
+    status = coords[lk.STATUS_ARRAY]
+    for s in range(math.ceil(n / per_shard)):
+        a, b = s * per_shard, min((s + 1) * per_shard, n)
+        if not (status[a:b] == lk.STATUS_OK).any():
+            continue
+        if s in finished:
+            plan.shards_skipped += 1
+            continue
+        plan.tasks.append(FilterTask(lake, plan.view, s, (a, b), cfg, plan.t_max, plan.window, storage_options,
+                                     {k: coords[k][a:b] for k in COORDS}))
+    if len(plan.tasks) > 1:  # largest first (a task's time follows the size of the areas it reads): fewer idle workers
+        zone = coords["zone"]
+        area_size = np.array([math.prod(state.area_shapes.get(a, (0,))) for a in state.areas], np.int64)
+        plan.tasks.sort(key=lambda t: -int(area_size[np.unique(zone[t.rows[0]:t.rows[1]])].sum()))
+
+
+def _plan_run(plan: FilterPlan, state: FilterState) -> None:
+    """The run record: an interrupted run of this view is finished by this one, not left running beside it."""
+    interrupted = [r["id"] for r in state.runs
+                   if r.get("command") == "filter" and r.get("view") == plan.view and r.get("status") == "running"]
+    if interrupted:
+        plan.run_id, plan.resumes = interrupted[-1], True
+    else:
+        plan.run_id = f"filter-{lk.now_iso()}-{len(state.runs)}"
