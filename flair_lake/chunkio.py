@@ -17,7 +17,10 @@ the shard copied again for O_DIRECT); on the 2-core development machine a first 
 Both take only the layouts they know: bytes and at most one Blosc or Zstd, unsharded (reading) or sharded with a
 (bytes, crc32c) index at the end (writing); chunks split along the first axis only; a local store; a
 little-endian machine. Anything else goes through zarr, so this is an optimisation, never a format of its own:
-zarr reads every file written here, and what is read here equals what zarr reads (tests/test_chunkio.py).
+zarr reads every file written here, a shard written here is byte for byte the one zarr writes, and what is read
+here equals what zarr reads (tests/test_chunkio.py). What this relies on of zarr (its array metadata, codec
+objects and sharding layout) comes from :mod:`flair_lake.zarr_compat`; on a zarr it was not checked against,
+both go through zarr.
 """
 
 from __future__ import annotations
@@ -30,13 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.storage import LocalStore
 
+from flair_lake import zarr_compat as zc
 from flair_lake.errors import LakeStateError
 
 _ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of the logical block size
-_EMPTY = np.uint64(2**64 - 1)  # the sharding codec's index entry of a chunk that is not stored
 _LOCAL = threading.local()  # per thread: the aligned buffer, reused (no fresh pages per shard)
 
 
@@ -49,47 +50,14 @@ def _buffer(size: int) -> mmap.mmap:
     return buf
 
 
-def _blosc(codec: BloscCodec):
-    """Return the numcodecs Blosc that encodes and decodes exactly as zarr's ``codec``."""
-    from numcodecs import Blosc
-
-    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-    return Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle[codec.shuffle.value],
-                 blocksize=codec.blocksize, typesize=codec.typesize)
-
-
-def _plain_codecs(codecs: tuple):
-    """Return (True, compressor or None) when ``codecs`` are bytes (little-endian) then at most one Blosc or Zstd
-    (as the numcodecs codec that zarr itself calls), else (False, None)."""
-    if not codecs or not isinstance(codecs[0], BytesCodec):
-        return False, None
-    if codecs[0].endian is not None and codecs[0].endian.value != "little":
-        return False, None
-    if len(codecs) == 1:
-        return True, None
-    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        return True, _blosc(codecs[1])
-    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
-        from numcodecs import Zstd
-
-        return True, Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
-    return False, None
-
-
 def _local_rows_layout(arr: zarr.Array, unit: tuple) -> bool:
     """Return True for a local array on a little-endian machine whose ``unit`` (chunk or shard) spans every axis
     but the first."""
-    if sys.byteorder != "little" or not hasattr(os, "pwrite") or not isinstance(arr.store_path.store, LocalStore):
+    if sys.byteorder != "little" or not hasattr(os, "pwrite") or zc.array_folder(arr) is None:
         return False
     if not arr.dtype.isnative and arr.dtype.itemsize > 1:
         return False
     return tuple(unit[1:]) == tuple(arr.shape[1:])
-
-
-def _chunk_path(arr: zarr.Array, index: int) -> Path:
-    """Return the file of chunk (or shard) ``index`` along the first axis of a local array."""
-    key = arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
-    return Path(arr.store_path.store.root) / arr.store_path.path / key
 
 
 def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
@@ -102,8 +70,8 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
     stop = int(arr.shape[0]) if stop is None else min(stop, int(arr.shape[0]))
     c = int(arr.chunks[0])
     first = max(start, 0) // c * c
-    ok, comp = _plain_codecs(tuple(getattr(arr.metadata, "codecs", ()))) if arr.shards is None else (False, None)
-    if not (ok and _local_rows_layout(arr, arr.chunks)):
+    ok, comp = zc.plain_codecs(zc.array_codecs(arr)) if arr.shards is None else (False, None)
+    if not (ok and zc.internals_supported() and _local_rows_layout(arr, arr.chunks)):
         for row in range(first, stop, c):
             yield row, arr[row:row + c]
         return
@@ -111,12 +79,12 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
     raw = buf.reshape(-1).view(np.uint8)
     for row in range(first, stop, c):
         n = min(c, int(arr.shape[0]) - row)
-        path = _chunk_path(arr, row // c)
+        path = zc.chunk_path(arr, row // c)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:  # a chunk never written holds the fill value
-            buf[...] = arr.metadata.fill_value
+            buf[...] = arr.fill_value
             yield row, buf[:n]
             continue
         size = _decoded_size(comp, data)  # decoding into ``out`` would not notice a short chunk
@@ -166,20 +134,10 @@ def _max_encoded(nbytes: int) -> int:
 
 def _layout(arr: zarr.Array):
     """Return (compressor or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
-    codecs = getattr(arr.metadata, "codecs", ())
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not _local_rows_layout(arr, arr.shards) \
-            or arr.store_path.store.read_only:
+    layout = zc.shard_layout(arr) if zc.internals_supported() else None
+    if layout is None or not _local_rows_layout(arr, arr.shards) or zc.is_read_only(arr):
         return None
-    sharding = codecs[0]
-    index = tuple(sharding.index_codecs)
-    if sharding.index_location.value != "end" or len(index) != 2 or not isinstance(index[1], Crc32cCodec) or \
-            not _plain_codecs(index[:1])[0]:
-        return None
-    ok, comp = _plain_codecs(tuple(sharding.codecs))
-    chunk = tuple(arr.chunks)
-    if not ok or chunk[1:] != tuple(arr.shards[1:]) or arr.shards[0] % chunk[0]:
-        return None  # only shards split into inner chunks along the first axis
-    return comp, chunk[0]
+    return layout
 
 
 def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool = False) -> None:
@@ -199,17 +157,17 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
     data = np.ascontiguousarray(data)
     n_inner = s // c
     chunk_bytes = c * data[0].nbytes
-    index = np.full((n_inner, 2), _EMPTY, "<u8")
+    index = zc.empty_shard_index(n_inner)
     buf = _buffer(n_inner * _max_encoded(chunk_bytes) + index.nbytes + 4 + _ALIGN)
     view = memoryview(buf)
-    path = _chunk_path(arr, shard)
+    path = zc.chunk_path(arr, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _File(path, view, direct) as out:
         off = 0
         for k in range(-(-rows // c)):
             chunk = data[k * c:(k + 1) * c]
             if chunk.shape[0] < c:  # the array's last rows: the inner chunk is padded with the fill value
-                full = np.full((c, *chunk.shape[1:]), arr.metadata.fill_value, arr.dtype)
+                full = np.full((c, *chunk.shape[1:]), arr.fill_value, arr.dtype)
                 full[:chunk.shape[0]] = chunk
                 chunk = full
             raw = chunk.reshape(-1).view(np.uint8)
@@ -218,9 +176,7 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
             index[k] = off, enc.nbytes
             off += enc.nbytes
             out.written(off)
-        import google_crc32c
-
-        tail = index.tobytes() + np.uint32(google_crc32c.value(index.tobytes())).astype("<u4").tobytes()
+        tail = zc.shard_index_bytes(index)
         view[off:off + len(tail)] = tail
         out.close(off + len(tail))
     view.release()

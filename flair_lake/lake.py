@@ -2,8 +2,10 @@
 
 Every read and write of the store goes through zarr's API (no filesystem calls), so a path and an object-store
 URL behave the same; the one exception, local lakes only, is the heavy transfers of ingest and filter (image
-and cube shards, Sentinel-2 chunks), in zarr's own layout (:mod:`flair_lake.chunkio`). Names, dims and dtypes
-come from :mod:`flair_lake.schema`.
+and cube shards, Sentinel-2 chunks), in zarr's own layout (:mod:`flair_lake.chunkio`). The layout of every array
+(names, dims, dtypes, chunks, shards, codec roles) comes from :mod:`flair_lake.schema`; what this module needs of
+zarr beyond its public API (one event-loop round for many arrays, config contexts) from
+:mod:`flair_lake.zarr_compat`.
 
 Crash safety: rows are appended in whole shards (a run starts at a shard boundary); each Dask task writes whole
 shards and then its own marker group ``done/s<shard>`` (whose attrs carry the task's report); the run record in
@@ -20,7 +22,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import zarr
 import zarr.codecs
 
 from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
 from flair_lake.errors import (CorruptMetadataError, FlairLakeError, LakeNotFoundError, LakeStateError,
                                TargetNotWritableError)
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "flair-lake"
 STATUS_EMPTY, STATUS_OK, STATUS_QUARANTINED = 0, 1, 2
 STATUS_ARRAY = "status"
-TASK_WRITTEN = ("transform", "crs_epsg")  # per-patch columns read from the GeoTIFF by the shard task
+TASK_WRITTEN = tuple(n for n in schema.SHARD_CHUNKED if n != STATUS_ARRAY)  # columns read from the GeoTIFFs
 SHARD_TASK_ARRAYS = ("aerial", "label", *TASK_WRITTEN, STATUS_ARRAY)  # everything one ingest shard task writes
 
 
@@ -63,6 +65,26 @@ def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
     if typesize > 1:
         return (zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle", typesize=typesize),)
     return (zarr.codecs.ZstdCodec(level=level),)
+
+
+def role_compressors(layout: schema.ArrayLayout, codec: str = "zstd", level: int = 3) -> tuple:
+    """Return the codecs of an array of ``layout``: its codec role takes ``codec`` at ``level`` (the run's
+    choice), or fixed codecs (:data:`schema.CODEC_ROLES`)."""
+    if layout.codec_role == "table":
+        return compressors("zstd")
+    if layout.codec_role == "none":
+        return ()
+    return compressors(codec, level, typesize=np.dtype(layout.dtype).itemsize)
+
+
+def create_kwargs(layout: schema.ArrayLayout, n_rows: int, compressors: tuple) -> dict:
+    """Return the keyword arguments of zarr's ``create_array`` for an array of ``layout`` with ``n_rows`` rows."""
+    kw = {"shape": layout.shape(n_rows), "chunks": layout.chunks, "dtype": layout.dtype,
+          "fill_value": layout.fill_value, "compressors": compressors, "dimension_names": layout.dims,
+          "attributes": layout.attributes()}
+    if layout.shards is not None:
+        kw["shards"] = layout.shards
+    return kw
 
 
 class StoreUnreachableError(FlairLakeError, ConnectionError):
@@ -196,30 +218,9 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
     """Create an empty lake (zero patches) with every per-patch array and the root attrs."""
     root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3)
     p, s = layout.patch_size, layout.patches_per_shard
-    img = {"aerial": ((0, 5, p, p), (1, 5, p, p), (s, 5, p, p)), "label": ((0, p, p), (1, p, p), (s, p, p))}
-    specs: dict[str, dict] = {}  # created in one event-loop round (create_arrays)
-    for spec in schema.patch_arrays(p):
-        shape, chunks, shards = img[spec.name]
-        specs[spec.name] = dict(shape=shape, chunks=chunks, shards=shards, dtype=spec.dtype,
-                                fill_value=spec.fill_value, compressors=compressors(layout.codec, layout.level),
-                                dimension_names=(schema.PATCH_DIM, *spec.dims),
-                                attributes={"description": spec.description})
-    for spec in (*schema.COORDS, schema.TRANSFORM):
-        # columns the shard tasks write are chunked by shard, so no two tasks share a chunk
-        rows = s if spec.name in TASK_WRITTEN else 65_536
-        shape = (0, 6) if spec.dims else (0,)
-        chunks = (rows, 6) if spec.dims else (rows,)
-        attrs: dict[str, Any] = {"description": spec.description}
-        if spec.name == "acquired":
-            attrs.update(units="seconds since 1970-01-01", calendar="proleptic_gregorian")
-        specs[spec.name] = dict(shape=shape, chunks=chunks, dtype=spec.dtype, fill_value=spec.fill_value,
-                                compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM, *spec.dims),
-                                attributes=attrs)
-    specs[STATUS_ARRAY] = dict(shape=(0,), chunks=(s,), dtype="uint8", fill_value=0,
-                               compressors=compressors("zstd"), dimension_names=(schema.PATCH_DIM,),
-                               attributes={"description": "0 empty or pending, 1 ingested, 2 quarantined",
-                                           "flag_values": [0, 1, 2], "flag_meanings": "empty ingested quarantined"})
-    create_arrays(root, specs)
+    specs = {name: create_kwargs(a, 0, role_compressors(a, layout.codec, layout.level))
+             for name, a in schema.lake_arrays(p, s).items()}
+    create_arrays(root, specs)  # in one event-loop round
     root.require_group(schema.DONE_GROUP)
     root.require_group(schema.SENTINEL_GROUP)
     root.require_group(schema.VIEWS_GROUP)
@@ -234,52 +235,26 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
     return root
 
 
-
-
 def n_rows(root: zarr.Group) -> int:
     """Return the number of patch rows (including empty padding rows before shard-aligned appends)."""
     return int(root["patch_id"].shape[0])
 
 
-def _in_one_round(coros) -> list:
-    """Run zarr coroutines concurrently on zarr's event loop; return their results in order.
-
-    The small per-patch tables are a millisecond or more apiece on a local disk (metadata, then chunks) and a
-    request round trip each on an object store; a coordinator handles several at once.
-    """
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def gather():
-        return await asyncio.gather(*coros)
-
-    return sync(gather())
-
-
 def read_arrays(group: zarr.Group, paths: list[str] | tuple[str, ...], rows: slice = slice(None)) -> dict:
     """Return ``{path: group[path][rows]}``, every array read in one event-loop round instead of one each."""
-    async def read(path: str):
-        arr = await group._async_group.getitem(path)
-        return await arr.getitem(rows)
-
-    return dict(zip(paths, _in_one_round([read(p) for p in paths])))
+    return dict(zip(paths, zc.read_arrays(group, paths, rows)))
 
 
 def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:
     """Create the arrays ``{name: create_array keyword arguments}`` in ``group`` in one event-loop round."""
-    _in_one_round([group._async_group.create_array(name, **kw) for name, kw in specs.items()])
+    zc.create_arrays(group, specs)
 
 
 def write_arrays(items: list[tuple[zarr.Array | str, np.ndarray]], rows: slice,
                  group: zarr.Group | None = None) -> None:
     """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each;
     an array given by its path in ``group`` is opened in the same round."""
-    async def write(arr, values):
-        arr = await group._async_group.getitem(arr) if isinstance(arr, str) else arr._async_array
-        await arr.setitem(rows, values)
-
-    _in_one_round([write(arr, values) for arr, values in items])
+    zc.write_arrays(items, rows, group)
 
 
 def next_run_start(root: zarr.Group) -> int:
@@ -291,13 +266,8 @@ def next_run_start(root: zarr.Group) -> int:
 
 def grow(root: zarr.Group, total_rows: int) -> None:
     """Resize every per-patch array to ``total_rows`` rows (in one event-loop round)."""
-    async def grow_one(name: str) -> None:
-        arr = await root._async_group.getitem(name)
-        if arr.shape[0] < total_rows:
-            await arr.resize((total_rows, *arr.shape[1:]))
-
-    names = ("aerial", "label", STATUS_ARRAY, *(c.name for c in schema.COORDS), schema.TRANSFORM.name)
-    _in_one_round([grow_one(n) for n in names])
+    names = schema.lake_arrays(int(root.attrs["patch_size"]), int(root.attrs["patches_per_shard"]))
+    zc.grow_arrays(root, tuple(names), total_rows)
 
 
 def intern(root: zarr.Group, key: str, values: list[str]) -> dict[str, int]:
@@ -381,45 +351,12 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: boo
 
 
 def zarrs_available() -> bool:
-    """Return True when the zarrs codec pipeline (Rust; a dependency, optional in principle) is installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("zarrs") is not None
-
-
-ZARRS_PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}  # zarr config of the Rust codec pipeline
+    """Return True when the zarrs codec pipeline (Rust; extra ``fast``) is installed and usable with this zarr
+    (:func:`flair_lake.zarr_compat.zarrs_supported`)."""
+    return zc.zarrs_supported()
 
 
-_CONFIG_LOCK = threading.Lock()
-_CONFIG_USERS: dict[tuple[str, Any], list] = {}  # (key, value) -> [threads inside, zarr's set-context]
-
-
-@contextlib.contextmanager
-def _zarr_config(options: dict):
-    """Set zarr config ``options`` for a block, safely when the threads of one worker enter and leave in any order.
-
-    zarr's config is process-wide and ``zarr.config.set`` restores what it saw on entry, so two threads whose
-    blocks interleave (A in, B in, A out, B out) would leave the options set for good. Here each (key, value)
-    is set by the first thread that needs it and restored by the last one to leave.
-    """
-    items = tuple(sorted(options.items()))
-    with _CONFIG_LOCK:
-        for item in items:
-            entry = _CONFIG_USERS.get(item)
-            if entry is None:
-                _CONFIG_USERS[item] = [1, zarr.config.set(dict([item]))]
-            else:
-                entry[0] += 1
-    try:
-        yield
-    finally:
-        with _CONFIG_LOCK:
-            for item in items:
-                entry = _CONFIG_USERS[item]
-                entry[0] -= 1
-                if entry[0] == 0:
-                    entry[1].__exit__(None, None, None)
-                    del _CONFIG_USERS[item]
+ZARRS_PIPELINE = zc.ZARRS_PIPELINE  # zarr config of the Rust codec pipeline
 
 
 def rust_codecs(lake: str):
@@ -429,7 +366,7 @@ def rust_codecs(lake: str):
     zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline.
     """
     if zarrs_available() and not is_url(lake):
-        return _zarr_config(ZARRS_PIPELINE)
+        return zc.config(zc.ZARRS_PIPELINE)
     return contextlib.nullcontext()
 
 
@@ -437,8 +374,6 @@ def rust_codecs(lake: str):
 def _direct_io_supported(folder: str) -> bool:
     """Return True when files in ``folder`` can be written with O_DIRECT (probed once per folder and process)."""
     import mmap
-    import os
-
     import socket
     import uuid
 
@@ -478,7 +413,7 @@ def direct_writes(lake: str):
     cache as usual); where the filesystem refuses O_DIRECT the writes stay buffered.
     """
     if zarrs_available() and direct_io(lake):
-        return _zarr_config({"codec_pipeline.direct_io": True})
+        return zc.config(zc.ZARRS_DIRECT_IO)
     return contextlib.nullcontext()
 
 
@@ -516,4 +451,4 @@ def fast_writes():
     The check (``np.array_equal`` per chunk) took a third of a shard write; our tasks write whole shards of real
     data, so an all-zero chunk is rare and costs only its compressed bytes.
     """
-    return _zarr_config({"array.write_empty_chunks": True})
+    return zc.config(zc.WRITE_EMPTY_CHUNKS)

@@ -7,6 +7,7 @@ contract for users. Bump :data:`SCHEMA_VERSION` whenever a reader of an older la
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,25 +94,27 @@ def official_split(domain: str) -> str | None:
 # --- lake layout ------------------------------------------------------------------------------------------------
 PATCHES_PER_SHARD = 64
 PATCH_DIM = "patch"
+TABLE_CHUNK_ROWS = 65_536  # rows per chunk of the columns only the coordinator writes
+MONTHS = 12  # months of a view's monthly cube
+# Codec roles: which codecs an array takes (flair_lake.lake.role_compressors turns a role into zarr codecs).
+CODEC_ROLES = {
+    "image": "ingest --codec at --zstd-level (aerial images and labels)",
+    "table": "Zstd level 3, whatever --codec says (the small per-patch columns and a view's tables)",
+    "sentinel": "ingest --sentinel-codec at --zstd-level, bit-shuffled when wider than a byte",
+    "cube": "filter --codec at level 1, bit-shuffled (a view's monthly cube)",
+    "none": "stored uncompressed",
+}
 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One per-patch array of the lake: its name, dims after ``patch``, dtype and fill value."""
+    """One per-patch column of the lake: its name, dims after ``patch``, dtype, fill value and meaning."""
 
     name: str
     dims: tuple[str, ...]
     dtype: str
     fill_value: int | float = 0
     description: str = ""
-
-
-def patch_arrays(patch_size: int) -> tuple[ArraySpec, ...]:
-    """Return the image arrays chunked one patch per chunk and sharded by :data:`PATCHES_PER_SHARD`."""
-    return (
-        ArraySpec("aerial", ("band", "y", "x"), "uint8", 0, "R, G, B, NIR, elevation; raw digital numbers"),
-        ArraySpec("label", ("y", "x"), "uint8", 0, "raw FLAIR codes 1..19; 0 = no label (unlabelled split)"),
-    )
 
 
 # Per-patch 1-D coordinates (the table). Strings are stored as integer codes with their table in attrs.
@@ -134,6 +137,119 @@ COORDS: tuple[ArraySpec, ...] = (
 TRANSFORM = ArraySpec("transform", ("affine",), "float64", np.nan,
                       "GDAL geotransform (c, a, b, f, d, e): x origin, pixel width, 0, y origin, 0, -pixel height; "
                       "affine.Affine.from_gdal(*t)")
+SHARD_CHUNKED = ("transform", "crs_epsg", "status")  # columns the ingest shard tasks write: chunked by shard
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How one array of a lake or a view is stored: what ``create_array`` needs, and what the array means.
+
+    ``dims`` names every dimension, the row dimension (``patch``, or ``date`` for Sentinel-2) first, as zarr's
+    ``dimension_names``; ``trailing`` is the shape after it. Chunks and shards span the trailing dimensions
+    whole (a dimension of length 0 is chunked by 1).
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    trailing: tuple[int, ...]
+    chunk_rows: int
+    shard_rows: int | None
+    codec_role: str
+    fill_value: int | float | bool
+    description: str
+    extra_attributes: tuple[tuple[str, Any], ...] = ()  # stored after the description, in this order
+    stores_description: bool = True  # False: the Sentinel-2 arrays, whose attributes hold no description
+
+    def shape(self, n_rows: int) -> tuple[int, ...]:
+        """Return the array's shape with ``n_rows`` rows."""
+        return (n_rows, *self.trailing)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """Return the (inner) chunk shape."""
+        return (self.chunk_rows, *(max(d, 1) for d in self.trailing))
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """Return the shard shape, None for an unsharded array."""
+        return None if self.shard_rows is None else (self.shard_rows, *(max(d, 1) for d in self.trailing))
+
+    def attributes(self) -> dict[str, Any]:
+        """Return the array's zarr attributes."""
+        head = {"description": self.description} if self.stores_description else {}
+        return {**head, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.extra_attributes}}
+
+
+def lake_arrays(patch_size: int, patches_per_shard: int) -> dict[str, ArrayLayout]:
+    """Return the layout of every per-patch array of a lake, by name (in creation order).
+
+    Images are one patch per chunk and ``patches_per_shard`` patches per shard; the columns the shard tasks write
+    are chunked by shard (no two tasks share a chunk), the others by :data:`TABLE_CHUNK_ROWS`.
+    """
+    p, s = patch_size, patches_per_shard
+    out = {
+        "aerial": ArrayLayout("aerial", (PATCH_DIM, "band", "y", "x"), "uint8", (len(AERIAL_BANDS), p, p), 1, s,
+                              "image", 0, "R, G, B, NIR, elevation; raw digital numbers"),
+        "label": ArrayLayout("label", (PATCH_DIM, "y", "x"), "uint8", (p, p), 1, s, "image", 0,
+                             "raw FLAIR codes 1..19; 0 = no label (unlabelled split)"),
+    }
+    for spec in (*COORDS, TRANSFORM):
+        trailing = (6,) if spec.dims else ()
+        extra = (("units", "seconds since 1970-01-01"), ("calendar", "proleptic_gregorian")) \
+            if spec.name == "acquired" else ()
+        rows = s if spec.name in SHARD_CHUNKED else TABLE_CHUNK_ROWS
+        out[spec.name] = ArrayLayout(spec.name, (PATCH_DIM, *spec.dims), spec.dtype, trailing, rows, None, "table",
+                                     spec.fill_value, spec.description, extra)
+    out["status"] = ArrayLayout("status", (PATCH_DIM,), "uint8", (), s, None, "table", 0,
+                                "0 empty or pending, 1 ingested, 2 quarantined",
+                                (("flag_values", (0, 1, 2)), ("flag_meanings", "empty ingested quarantined")))
+    return out
+
+
+def sentinel_arrays(n_dates: int, height: int, width: int) -> dict[str, ArrayLayout]:
+    """Return the layout of the arrays of one super-area, ``sentinel/<area>/``: ``n_dates`` dates of a
+    ``height`` x ``width`` pixel grid (chunks of up to 8 dates; the dates whole)."""
+    t = n_dates
+    dates = (("units", "days since 1970-01-01"), ("calendar", "proleptic_gregorian"))
+    return {
+        "data": ArrayLayout("data", ("date", "s2_band", "row", "col"), "uint16", (len(S2_BANDS), height, width),
+                            min(t, 8), None, "sentinel", 0, "L2A reflectance x 10000, bands S2_BANDS", (), False),
+        "masks": ArrayLayout("masks", ("date", "mask_band", "row", "col"), "uint8",
+                             (len(S2_MASK_BANDS), height, width), min(t, 8), None, "sentinel", 0,
+                             "Sen2Cor snow and cloud probability, percent", (), False),
+        "dates": ArrayLayout("dates", ("date",), "int32", (), max(t, 1), None, "none", 0,
+                             "sensing date, days since 1970-01-01", dates, False),
+    }
+
+
+def view_arrays(patches_per_shard: int, t_max: int, window: int, monthly: bool, *,
+                reducer: str | None = None) -> dict[str, ArrayLayout]:
+    """Return the layout of every array of a view, by name (in creation order): the date tables over ``t_max``
+    dates, and with ``monthly`` the cube of ``window`` x ``window`` windows (its description names ``reducer``,
+    by default :attr:`FilterConfig.reducer <flair_lake.config.FilterConfig>`) and its month tables."""
+    if reducer is None:
+        from flair_lake.config import FilterConfig  # config imports this module
+
+        reducer = FilterConfig.reducer
+    s, w = patches_per_shard, window
+    out = {
+        "cover": ArrayLayout("cover", (PATCH_DIM, "date"), "float32", (t_max,), s, None, "table", 0.0,
+                             "covered fraction of the patch window per area date"),
+        "keep": ArrayLayout("keep", (PATCH_DIM, "date"), "bool", (t_max,), s, None, "table", False,
+                            "date kept (cover < max_cover); False beyond n_dates"),
+        "n_dates": ArrayLayout("n_dates", (PATCH_DIM,), "int16", (), s, None, "table", 0, "dates of the area"),
+    }
+    if monthly:
+        out["monthly"] = ArrayLayout("monthly", (PATCH_DIM, "month", "s2_band", "row", "col"), "uint16",
+                                     (MONTHS, len(S2_BANDS), w, w), 1, s, "cube", 0,
+                                     f"monthly {reducer} of kept dates, DN; 0 when empty")
+        out["month_count"] = ArrayLayout("month_count", (PATCH_DIM, "month"), "uint8", (MONTHS,), s, None, "table",
+                                         0, "kept dates per month; 0 = empty month")
+        out["month_days"] = ArrayLayout("month_days", (PATCH_DIM, "month"), "int16", (MONTHS,), s, None, "table",
+                                        0, "days from the 15th of the month to the reference date")
+    return out
+
 
 SENTINEL_GROUP = "sentinel"  # sentinel/<area>/{data,masks,dates}
 VIEWS_GROUP = "views"  # views/<name>/...

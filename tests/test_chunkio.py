@@ -1,5 +1,6 @@
-"""Direct chunk I/O: what the shard writer writes, zarr reads back exactly (both codec pipelines); what the block
-reader reads equals zarr's reads; layouts they do not know are left to zarr."""
+"""Direct chunk I/O: the shard writer writes byte for byte the shards zarr writes, which zarr reads back exactly
+(both codec pipelines); what the block reader reads equals zarr's reads; layouts they do not know, and any
+layout on a zarr whose internals are not supported, are left to zarr."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import zarr
 
 from flair_lake import lake as lk
+from flair_lake import zarr_compat as zc
+from flair_lake.chunkio import _decoded_size, _layout, _max_encoded, iter_blocks, write_shard
 from flair_lake.errors import LakeStateError
-from flair_lake.chunkio import _decoded_size, _layout, _max_encoded, _plain_codecs, iter_blocks, write_shard
 
 ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x cols, smaller)
 
@@ -21,9 +23,7 @@ def _array(path, codec: str, *, rows: int, inner: int = 1, dtype="uint16", per_s
 
 
 def _read(path, pipeline: str) -> np.ndarray:
-    conf = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"} if pipeline == "python" \
-        else lk.ZARRS_PIPELINE
-    with zarr.config.set(conf):
+    with zarr.config.set(zc.PYTHON_PIPELINE if pipeline == "python" else zc.ZARRS_PIPELINE):
         return zarr.open_array(str(path), mode="r")[:]
 
 
@@ -48,6 +48,124 @@ def test_whole_shards_read_back_exactly(tmp_path, codec, direct):
             write_shard(arr, s, values[s * per_shard:(s + 1) * per_shard], direct=direct)
         for pipeline in ("python", "zarrs"):
             assert np.array_equal(_read(path, pipeline), values), (pipeline, inner)
+
+
+# (inner rows, rows per shard, rows): full shards and a partial last one; inner chunks of 1 row, and of 3 rows with
+# the last one padded with the fill value
+SHARD_CASES = ((1, 4, 10), (3, 6, 14), (1, 4, 8))
+
+
+def _shard_bytes(path, shard: int) -> bytes:
+    return zc.chunk_path(zarr.open_array(str(path), mode="r"), shard).read_bytes()
+
+
+def _values(rng, dtype: str, rows: int, fill) -> np.ndarray:
+    values = rng.random((rows, *ROW)) > 0.5 if dtype == "bool" else rng.integers(0, 200, (rows, *ROW)).astype(dtype)
+    values[1] = fill  # an all-fill-value row: a whole inner chunk of 1 row
+    return values
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "bool"])
+@pytest.mark.parametrize("direct", [False, True])
+def test_shards_are_byte_identical_to_what_zarr_writes(tmp_path, codec, dtype, direct):
+    """Every shard file is byte for byte the one zarr-python writes for the same rows, with the codecs
+    lake.compressors makes (zstd; blosc-lz4 and blosc-zstd with bit-shuffle for uint16), full and partial last
+    shards, padded inner chunks, buffered and O_DIRECT. zarr compared under the settings the lake writes with
+    (lake.fast_writes(): an all-fill inner chunk is stored too, as the shard writer always does)."""
+    if direct and not lk._direct_io_supported(str(tmp_path)):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    rng = np.random.default_rng(17)
+    fill = True if dtype == "bool" else 7
+    for inner, per_shard, rows in SHARD_CASES:
+        values = _values(rng, dtype, rows, fill)
+        ours = _array(tmp_path / f"ours-{inner}-{rows}", codec, rows=rows, inner=inner, dtype=dtype,
+                      per_shard=per_shard, fill=fill)
+        assert _layout(ours) is not None
+        shards = range(-(-rows // per_shard))
+        for s in shards:
+            write_shard(ours, s, values[s * per_shard:(s + 1) * per_shard], direct=direct)
+        with zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():  # arrays take both when opened
+            theirs = _array(tmp_path / f"zarr-{inner}-{rows}", codec, rows=rows, inner=inner, dtype=dtype,
+                            per_shard=per_shard, fill=fill)
+            for s in shards:
+                theirs[s * per_shard:(s + 1) * per_shard] = values[s * per_shard:(s + 1) * per_shard]
+        for s in shards:
+            assert _shard_bytes(tmp_path / f"ours-{inner}-{rows}", s) == \
+                _shard_bytes(tmp_path / f"zarr-{inner}-{rows}", s), (inner, rows, s)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_large_shard_is_byte_identical_too(tmp_path, direct):
+    """An incompressible 5 MiB shard of aerial-like rows, whose front the writer thread writes while the rest
+    encodes, equals zarr's shard."""
+    if direct and not lk._direct_io_supported(str(tmp_path)):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    shape = (16, 5, 256, 256)
+    values = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    make = {"shape": (20, *shape[1:]), "chunks": (1, *shape[1:]), "shards": shape, "dtype": "uint8",
+            "compressors": lk.compressors("zstd", 1)}
+    ours = zarr.create_array(str(tmp_path / "ours"), **make)
+    write_shard(ours, 0, values, direct=direct)
+    write_shard(ours, 1, values[:4], direct=direct)
+    with zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():
+        theirs = zarr.create_array(str(tmp_path / "zarr"), **make)
+        theirs[:16] = values
+        theirs[16:] = values[:4]
+    for s in (0, 1):
+        assert _shard_bytes(tmp_path / "ours", s) == _shard_bytes(tmp_path / "zarr", s)
+
+
+def _inner_chunks(data: bytes, n: int) -> dict[int, bytes]:
+    """Return {inner chunk: its encoded bytes} of a shard of ``n`` inner chunks (index at the end)."""
+    index = np.frombuffer(data[-(16 * n + 4):-4], zc.SHARD_INDEX_DTYPE).reshape(n, 2)
+    return {k: data[int(o):int(o) + int(size)] for k, (o, size) in enumerate(index) if o != zc.SHARD_EMPTY_CHUNK}
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_inner_chunks_are_the_bytes_zarrs_encodes(tmp_path, codec):
+    """zarrs encodes every inner chunk to the same bytes; its shards differ in layout only: it places the chunks
+    in the order its threads finish them and leaves an all-fill chunk out whatever ``write_empty_chunks`` says
+    (zarrs 0.2.3), so its shard files are not compared whole."""
+    pytest.importorskip("zarrs")
+    values = _values(np.random.default_rng(8), "uint16", 8, 0)
+    ours = _array(tmp_path / "ours", codec, rows=8)
+    for s in (0, 1):
+        write_shard(ours, s, values[s * 4:(s + 1) * 4])
+    with zarr.config.set(zc.ZARRS_PIPELINE), lk.fast_writes():
+        theirs = _array(tmp_path / "zarrs", codec, rows=8)
+        theirs[:] = values
+    for s in (0, 1):
+        mine, rust = (_inner_chunks(_shard_bytes(tmp_path / name, s), 4) for name in ("ours", "zarrs"))
+        assert len(mine) == 4 and all(mine[k] == chunk for k, chunk in rust.items())
+        assert all((values[s * 4 + k] == 0).all() for k in set(mine) - set(rust))
+
+
+def test_without_zarr_internals_zarr_writes_and_reads(tmp_path):
+    """On a zarr whose internals are not supported (forced here), shards are written and blocks read through
+    zarr: the same shard bytes under the lake's fast_writes(), the same blocks."""
+    rng = np.random.default_rng(9)
+    values = _values(rng, "uint16", 10, 0)
+    fast = _array(tmp_path / "fast", "lz4", rows=10)
+    for s in range(3):
+        write_shard(fast, s, values[s * 4:(s + 1) * 4])
+    with zc.internals_forced(False), zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():
+        plain = _array(tmp_path / "plain", "lz4", rows=10)
+        assert _layout(plain) is None
+        for s in range(3):
+            write_shard(plain, s, values[s * 4:(s + 1) * 4])
+    for s in range(3):
+        assert _shard_bytes(tmp_path / "fast", s) == _shard_bytes(tmp_path / "plain", s)
+    arr = zarr.create_array(str(tmp_path / "blocks"), shape=values.shape, chunks=(4, *ROW), dtype="uint16",
+                            compressors=lk.compressors("zstd", typesize=2))
+    arr[:] = values
+    with zc.internals_forced(False):
+        blocks = [(row, block.copy()) for row, block in iter_blocks(arr, 2, 9)]
+        first, second = [block for _, (_, block) in zip(range(2), iter_blocks(arr))]
+    assert [row for row, _ in blocks] == [0, 4, 8]
+    for row, block in blocks:
+        np.testing.assert_array_equal(block, values[row:row + 4])
+    assert not np.shares_memory(first, second)  # zarr's reads, not the reused buffer
 
 
 def test_bool_and_single_byte_arrays(tmp_path):
@@ -131,7 +249,7 @@ def test_a_damaged_chunk_is_an_error_not_short_data(tmp_path):
         arr = zarr.create_array(str(tmp_path / codec), shape=(8, *ROW), chunks=(4, *ROW), dtype=dtype,
                                 compressors=lk.compressors(codec, typesize=typesize))
         arr[:] = 5
-        comp = _plain_codecs(tuple(arr.metadata.codecs))[1]
+        comp = zc.plain_codecs(zc.array_codecs(arr))[1]
         short = np.zeros(np.prod(ROW) * 2, dtype)  # half a chunk, validly encoded
         (tmp_path / codec / "c" / "1" / "0" / "0" / "0" / "0").write_bytes(comp.encode(short.view(np.uint8)))
         with pytest.raises(LakeStateError, match="does not hold"):

@@ -9,7 +9,6 @@ workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import torch
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.errors import UsageError
 from flair_lake.stages.metadata import encode_metadata
 
@@ -101,7 +101,7 @@ class LakeDataset(torch.utils.data.Dataset):
             import zarr
 
             if self.use_zarrs:  # the Rust codec pipeline: safe here, workers are forkserver/spawn processes
-                zarr.config.set(lk.ZARRS_PIPELINE)
+                zarr.config.set(zc.ZARRS_PIPELINE)
 
             root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
             arrays = {"aerial": root["aerial"], "label": root["label"]}
@@ -122,21 +122,12 @@ class LakeDataset(torch.utils.data.Dataset):
         One codec-pipeline call per array and batch (zarrs decodes its chunks in parallel, in Rust), straight
         into the batch's array: no per-chunk Python round trip and no stacking copy afterwards. This is what
         ``oindex`` should do but does not on sharded arrays (it decodes whole shards, docs/benchmarks.md): the
-        selection here is one row slice per chunk. Uses zarr's internal selection API (zarr is pinned exactly).
+        selection here is one row slice per chunk (:func:`flair_lake.zarr_compat.read_rows`; on a zarr whose
+        internals it was not checked against, one read a row).
         """
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.buffer.cpu import NDBuffer
-        from zarr.core.sync import sync
-
         arrays = self._open()
         outs = {n: np.empty((len(rows), *arrays[n].shape[1:]), arrays[n].dtype) for n in names}
-
-        async def read_all():
-            await asyncio.gather(*(arrays[n]._async_array._get_selection(
-                _RowsIndexer(arrays[n]._async_array, rows), prototype=default_buffer_prototype(),
-                out=NDBuffer.from_ndarray_like(outs[n])) for n in names))
-
-        sync(read_all())
+        zc.read_rows([arrays[n] for n in names], rows, [outs[n] for n in names])
         return outs
 
     def _raw_series(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,27 +258,6 @@ def collate(samples: list[dict]) -> dict:
         pad.append(torch.cat([s["pad_mask"], torch.ones(extra, dtype=torch.bool)]))
     batch["sentinel"], batch["dates"], batch["pad_mask"] = torch.stack(sen), torch.stack(dates), torch.stack(pad)
     return batch
-
-
-class _RowsIndexer:
-    """A zarr indexer of whole rows (axis 0) in any order: one row slice per chunk, output row k for row k.
-
-    zarr's own orthogonal indexer turns such a selection into integer-array selections inside each shard, which
-    its codec pipelines serve by decoding whole shards; this one asks for exactly the inner chunks needed.
-    """
-
-    def __init__(self, arr, rows: Sequence[int]) -> None:
-        from zarr.core.indexing import BasicIndexer
-
-        self._projections = []
-        for k, r in enumerate(rows):
-            for p in BasicIndexer((slice(int(r), int(r) + 1),), arr.shape, arr.metadata.chunk_grid):
-                self._projections.append(p._replace(out_selection=(slice(k, k + 1), *p.out_selection[1:])))
-        self.shape = (len(rows), *arr.shape[1:])
-        self.drop_axes = ()
-
-    def __iter__(self):
-        return iter(self._projections)
 
 
 __all__ = ["Batch", "LakeDataset", "collate", "select_rows"]

@@ -25,19 +25,35 @@ PRODUCT_RE = re.compile(
 )
 
 
+ID_DIGITS = 6  # patch ids are written zero-padded to six digits: IMG_000123
+PATCH_PREFIX = "IMG_"
+
+
+def patch_name(patch_id: int) -> str:
+    """Return the name of a patch, ``IMG_000123`` for 123: its image's stem and its metadata JSON key."""
+    return f"{PATCH_PREFIX}{int(patch_id):0{ID_DIGITS}d}"
+
+
+def parse_patch_name(text: str | int) -> int | None:
+    """Return the numeric id of ``IMG_000123`` (any case), ``000123`` or ``123``; None when it is not one."""
+    s = str(text).strip()
+    s = s[len(PATCH_PREFIX):] if s.upper().startswith(PATCH_PREFIX) else s
+    return int(s) if s.isascii() and s.isdigit() else None
+
+
 def img_name(patch_id: int) -> str:
     """Return ``IMG_000123.tif`` for 123."""
-    return f"IMG_{patch_id:06d}.tif"
+    return f"{patch_name(patch_id)}.tif"
 
 
 def msk_name(patch_id: int) -> str:
     """Return ``MSK_000123.tif`` for 123."""
-    return f"MSK_{patch_id:06d}.tif"
+    return f"MSK_{int(patch_id):0{ID_DIGITS}d}.tif"
 
 
 def metadata_key(patch_id: int) -> str:
     """Return the metadata JSON key ``IMG_000123`` (no extension)."""
-    return f"IMG_{patch_id:06d}"
+    return patch_name(patch_id)
 
 
 def sentinel_stem(domain: str, zone: str) -> str:
