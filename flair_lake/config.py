@@ -65,7 +65,7 @@ class SynthConfig:
             raise UsageError(f"date counts must satisfy 1 <= min <= max, got {self.min_dates}..{self.max_dates}")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "SynthConfig":
+    def from_preset(cls, name: str, **overrides) -> SynthConfig:
         """Return the preset's config with the given (non-None) overrides."""
         if name not in SYNTH_PRESETS:
             raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(SYNTH_PRESETS)}")
@@ -166,7 +166,7 @@ class FilterConfig:
         return replace(self, codec=FilterConfig.codec) == FilterConfig.baseline()
 
     @classmethod
-    def baseline(cls) -> "FilterConfig":
+    def baseline(cls) -> FilterConfig:
         """Return the released baseline's exact behaviour.
 
         See docs/baseline.md, "Cloud and snow filter" and "Monthly composites".

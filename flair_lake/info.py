@@ -97,15 +97,15 @@ def _mb(n: int) -> str:
 def format_report(r: dict) -> str:
     """Return the human-readable form of :func:`describe`."""
     lines = [f"lake {r['lake']}  (schema {r['schema_version']}, {r['patch_size']} px patches)",
-             f"patches: {r['patches']} ingested, {r['quarantined']} quarantined rows; "
-             f"{r['areas']} Sentinel super-areas, {r['sentinel_dates']} area-dates",
+             (f"patches: {r['patches']} ingested, {r['quarantined']} quarantined rows; "
+              f"{r['areas']} Sentinel super-areas, {r['sentinel_dates']} area-dates"),
              "per split:  " + ", ".join(f"{k} {v}" for k, v in r["per_split"].items()),
              "per domain: " + ", ".join(f"{k} {v}" for k, v in r["per_domain"].items()),
-             f"stored {_mb(r['stored_bytes'])} for {_mb(r['raw_bytes'])} of raw files "
-             f"(raw / lake = {r['compression_ratio']})", "", "arrays:"]
+             (f"stored {_mb(r['stored_bytes'])} for {_mb(r['raw_bytes'])} of raw files "
+              f"(raw / lake = {r['compression_ratio']})"), "", "arrays:"]
     for a in r["arrays"]:
         ratio = a["bytes"] / a["stored_bytes"] if a["stored_bytes"] else float("nan")
-        lines.append(f"  {a['path']:<26} {str(a['shape']):<28} {a['dtype']:<7} chunks {a['chunks']} "
+        lines.append(f"  {a['path']:<26} {a['shape']!s:<28} {a['dtype']:<7} chunks {a['chunks']} "
                      f"shards {a['shards']} {a['codec']:<22} {_mb(a['stored_bytes'])} ({ratio:.2f}x)")
     lines += ["", "runs:"]
     for run in r["runs"]:

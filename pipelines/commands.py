@@ -12,8 +12,14 @@ import sys
 import click
 
 from flair_lake import config, schema
-from flair_lake.cli import (CONTEXT_SETTINGS, handle_errors, lake_argument, scheduler_option, storage_option,
-                            workers_option)
+from flair_lake.cli import (
+    CONTEXT_SETTINGS,
+    handle_errors,
+    lake_argument,
+    scheduler_option,
+    storage_option,
+    workers_option,
+)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from flair_lake.cli.train import evaluate as main  # noqa: E402
+from flair_lake.cli.train import evaluate as main
 
 if __name__ == "__main__":
     main()

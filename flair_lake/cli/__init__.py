@@ -14,8 +14,16 @@ from importlib.metadata import EntryPoint, entry_points
 import click
 
 from flair_lake.cli import lake, train
-from flair_lake.cli.options import (CONTEXT_SETTINGS, handle_errors, lake_argument, parse_split,
-                                    parse_storage_options, scheduler_option, storage_option, workers_option)
+from flair_lake.cli.options import (
+    CONTEXT_SETTINGS,
+    handle_errors,
+    lake_argument,
+    parse_split,
+    parse_storage_options,
+    scheduler_option,
+    storage_option,
+    workers_option,
+)
 
 __all__ = ["CONTEXT_SETTINGS", "ENTRY_POINT_GROUP", "PluginGroup", "handle_errors", "lake_argument", "main",
            "parse_split", "parse_storage_options", "scheduler_option", "storage_option", "workers_option"]
