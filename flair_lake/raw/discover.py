@@ -113,10 +113,36 @@ def discover(root: str | Path, *, metadata_path: str | Path | None = None,
         RawFormatError: a side JSON is missing or unreadable.
     """
     root = Path(root)
+    parts = _find_parts(root)
+    side = _read_side_data(root, metadata_path, centroids_path)
+    tree = RawTree(root=root)
+    for aer_dir, lab_dir, sen_dir in parts:
+        images = {names.parse_id(p.name): p for p in aer_dir.glob("D*/Z*/img/IMG_*.tif")}
+        labels = {names.parse_id(p.name, names.MSK_RE): p for p in lab_dir.glob("D*/Z*/msk/MSK_*.tif")}
+        images.pop(None, None)
+        labels.pop(None, None)
+        for pid in sorted(set(labels) - set(images)):
+            tree.problems[pid] = f"{labels[pid]}: label without image {names.img_name(pid)}; add the image"
+        _add_areas(tree, aer_dir, sen_dir)
+        labelled = lab_dir.is_dir()
+        for pid in sorted(images):
+            _add_patch(tree, pid, images[pid], labels, lab_dir if labelled else None, side, sat_window)
+    if not tree.patches and not tree.problems:
+        raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in <domain>/<zone>/img/; "
+                                   "check the path or the download")
+    return tree
+
+
+def _find_parts(root: Path) -> list[tuple[Path, Path, Path]]:
+    """Return (aerial dir, labels dir, sentinel dir) of every FLAIR part under ``root``.
+
+    Raises:
+        RawTreeNotFoundError: ``root`` does not exist, or holds no FLAIR part, or no image in any.
+    """
     if not root.is_dir():
         raise RawTreeNotFoundError(f"raw folder {root} does not exist; give the folder that holds "
                                    "flair_aerial_train/ (or flair_2_aerial_test/) and the two JSON files")
-    parts = []  # (aerial dir, labels dir, sentinel dir)
+    parts = []
     for aer, lab, sen in names.PARTS.values():
         for a in _find(root, aer):
             parts.append((a, a.parent / lab, a.parent / sen))
@@ -128,89 +154,110 @@ def discover(root: str | Path, *, metadata_path: str | Path | None = None,
         where = "/, ".join(a.name for a, _, _ in parts)
         raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in "
                                    f"{where}/<domain>/<zone>/img/; check the path or the download")
+    return parts
 
-    def side(path, name, what):
-        if path is not None:
-            return [Path(path)]
-        found = _find(root, name)
-        if not found:
-            raise RawFormatError(f"no {name} under {root}: the {what} is needed to ingest; put it next to the "
-                                 f"tree or pass its path with --{what.split()[-1]}")
-        return found
 
+def _side_files(root: Path, path: str | Path | None, name: str, what: str) -> list[Path]:
+    """Return the side JSON files to read: ``path`` when given, else every ``name`` found under ``root``.
+
+    Raises:
+        RawFormatError: none given and none found.
+    """
+    if path is not None:
+        return [Path(path)]
+    found = _find(root, name)
+    if not found:
+        raise RawFormatError(f"no {name} under {root}: the {what} is needed to ingest; put it next to the "
+                             f"tree or pass its path with --{what.split()[-1]}")
+    return found
+
+
+@dataclass(frozen=True)
+class _SideData:
+    """What the side JSON files say, by patch id."""
+
+    meta: dict[int, md.PatchMeta]
+    bad_meta: dict[int, str]  # why an entry of the metadata cannot be read
+    centroids: dict[int, tuple[int, int]]  # (row, col) in the zone's super-area
+
+
+def _read_side_data(root: Path, metadata_path: str | Path | None, centroids_path: str | Path | None) -> _SideData:
+    """Return what the aerial metadata and the Sentinel centroids files say."""
     meta: dict[int, md.PatchMeta] = {}
     bad_meta: dict[int, str] = {}
-    for f in side(metadata_path, names.METADATA_JSON, "aerial metadata"):
+    for f in _side_files(root, metadata_path, names.METADATA_JSON, "aerial metadata"):
         m, b = md.read_metadata(f)
         meta.update(m)
         bad_meta.update(b)
     centroids: dict[int, tuple[int, int]] = {}
-    for f in side(centroids_path, names.CENTROIDS_JSON, "Sentinel centroids"):
+    for f in _side_files(root, centroids_path, names.CENTROIDS_JSON, "Sentinel centroids"):
         centroids.update(md.read_centroids(f))
+    return _SideData(meta, bad_meta, centroids)
 
-    tree = RawTree(root=root)
+
+def _add_areas(tree: RawTree, aer_dir: Path, sen_dir: Path) -> None:
+    """Add the Sentinel-2 triple of every zone of a part, with its shape or its problem (headers only)."""
+    for zone_dir in sorted(p for p in aer_dir.glob("D*/Z*") if p.is_dir()):
+        domain, zone = zone_dir.parent.name, zone_dir.name
+        s = sen_dir / domain / zone / "sen"
+        stem = names.sentinel_stem(domain, zone)
+        area = AreaFiles(domain, zone, s / f"{stem}_data.npy", s / f"{stem}_masks.npy", s / f"{stem}_products.txt")
+        if not area.data.exists():  # tolerate other stems: the baseline globs *data.npy
+            hits = sorted(s.glob("*data.npy"))
+            if len(hits) == 1:
+                pre = hits[0].name[: -len("data.npy")]
+                area = AreaFiles(domain, zone, hits[0], s / f"{pre}masks.npy", s / f"{pre}products.txt")
+        shape, why = _check_area(area)
+        tree.areas[area.name] = area
+        if why:
+            tree.area_problems[area.name] = why
+        else:
+            tree.area_shapes[area.name] = shape
+            tree.raw_bytes += sum(f.stat().st_size for f in (area.data, area.masks, area.products))
+
+
+def _add_patch(tree: RawTree, pid: int, img: Path, labels: dict[int, Path], lab_dir: Path | None,
+               side: _SideData, sat_window: int) -> None:
+    """Add one image as a patch, or as a problem saying why it cannot be ingested.
+
+    ``lab_dir``: the part's labels folder; None for an unlabelled part (its patches need no label).
+    """
+    domain, zone = img.parents[2].name, img.parents[1].name
+    reason = _patch_problem(tree, pid, img, domain, zone, labels, lab_dir, side, sat_window)
+    if reason:
+        tree.problems[pid] = reason
+        return
+    tree.patches[pid] = PatchFiles(pid, domain, zone, img, labels.get(pid) if lab_dir is not None else None,
+                                   side.meta[pid], side.centroids[pid])
+    tree.raw_bytes += img.stat().st_size + (labels[pid].stat().st_size if pid in labels else 0)
+
+
+def _patch_problem(tree: RawTree, pid: int, img: Path, domain: str, zone: str, labels: dict[int, Path],
+                   lab_dir: Path | None, side: _SideData, sat_window: int) -> str | None:
+    """Return why the image ``img`` of patch ``pid`` cannot be ingested (its first problem), or None."""
+    meta, bad_meta, centroids = side.meta, side.bad_meta, side.centroids
+    area_name = names.area_name(domain, zone)
+    if pid in tree.patches:
+        return f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
+    if lab_dir is not None and pid not in labels:
+        return (f"{img}: no label {names.msk_name(pid)} in {lab_dir.name}/{domain}/{zone}/msk; "
+                "add it or remove the image")
+    if pid in bad_meta:
+        return bad_meta[pid]
+    if pid not in meta:
+        return f"{img}: {names.metadata_key(pid)} missing from {names.METADATA_JSON}; add its entry"
+    if (meta[pid].domain, meta[pid].zone) != (domain, zone):
+        return (f"{img}: metadata says {meta[pid].domain}/{meta[pid].zone} but the file is in "
+                f"{domain}/{zone}; fix the entry or move the file")
+    if pid not in centroids:
+        return f"{img}: {names.img_name(pid)} missing from {names.CENTROIDS_JSON}; add its centroid"
+    if area_name in tree.area_problems:
+        return f"super-area {area_name}: {tree.area_problems[area_name]}"
+    _, h, w = tree.area_shapes[area_name]
+    r, c = centroids[pid]
     half = sat_window // 2
-    for aer_dir, lab_dir, sen_dir in parts:
-        labelled = lab_dir.is_dir()
-        images = {names.parse_id(p.name): p for p in aer_dir.glob("D*/Z*/img/IMG_*.tif")}
-        labels = {names.parse_id(p.name, names.MSK_RE): p for p in lab_dir.glob("D*/Z*/msk/MSK_*.tif")}
-        images.pop(None, None)
-        labels.pop(None, None)
-        for pid in sorted(set(labels) - set(images)):
-            tree.problems[pid] = f"{labels[pid]}: label without image {names.img_name(pid)}; add the image"
-        for zone_dir in sorted(p for p in aer_dir.glob("D*/Z*") if p.is_dir()):
-            domain, zone = zone_dir.parent.name, zone_dir.name
-            s = sen_dir / domain / zone / "sen"
-            stem = names.sentinel_stem(domain, zone)
-            area = AreaFiles(domain, zone, s / f"{stem}_data.npy", s / f"{stem}_masks.npy",
-                             s / f"{stem}_products.txt")
-            if not area.data.exists():  # tolerate other stems: the baseline globs *data.npy
-                hits = sorted(s.glob("*data.npy"))
-                if len(hits) == 1:
-                    pre = hits[0].name[: -len("data.npy")]
-                    area = AreaFiles(domain, zone, hits[0], s / f"{pre}masks.npy", s / f"{pre}products.txt")
-            shape, why = _check_area(area)
-            tree.areas[area.name] = area
-            if why:
-                tree.area_problems[area.name] = why
-            else:
-                tree.area_shapes[area.name] = shape
-                tree.raw_bytes += sum(f.stat().st_size for f in (area.data, area.masks, area.products))
-        for pid in sorted(images):
-            img = images[pid]
-            domain, zone = img.parents[2].name, img.parents[1].name
-            area_name = names.area_name(domain, zone)
-            reason = None
-            if pid in tree.patches:
-                reason = f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
-            elif labelled and pid not in labels:
-                reason = (f"{img}: no label {names.msk_name(pid)} in {lab_dir.name}/{domain}/{zone}/msk; "
-                          "add it or remove the image")
-            elif pid in bad_meta:
-                reason = bad_meta[pid]
-            elif pid not in meta:
-                reason = f"{img}: {names.metadata_key(pid)} missing from {names.METADATA_JSON}; add its entry"
-            elif (meta[pid].domain, meta[pid].zone) != (domain, zone):
-                reason = (f"{img}: metadata says {meta[pid].domain}/{meta[pid].zone} but the file is in "
-                          f"{domain}/{zone}; fix the entry or move the file")
-            elif pid not in centroids:
-                reason = f"{img}: {names.img_name(pid)} missing from {names.CENTROIDS_JSON}; add its centroid"
-            elif area_name in tree.area_problems:
-                reason = f"super-area {area_name}: {tree.area_problems[area_name]}"
-            else:
-                t, h, w = tree.area_shapes[area_name]
-                r, c = centroids[pid]
-                if r - half < 0 or c - half < 0 or r + half > h or c + half > w:
-                    reason = (f"patch {names.metadata_key(pid)}: centroid ({r}, {c}) is outside super-area "
-                              f"{h}x{w} of {domain}/{zone}; the {sat_window}x{sat_window} window needs {half} px "
-                              "of margin; fix the centroid JSON")
-            if reason:
-                tree.problems[pid] = reason
-                continue
-            tree.patches[pid] = PatchFiles(pid, domain, zone, img, labels.get(pid) if labelled else None,
-                                           meta[pid], centroids[pid])
-            tree.raw_bytes += img.stat().st_size + (labels[pid].stat().st_size if pid in labels else 0)
-    if not tree.patches and not tree.problems:
-        raise RawTreeNotFoundError(f"the FLAIR tree under {root} holds no IMG_*.tif in <domain>/<zone>/img/; "
-                                   "check the path or the download")
-    return tree
+    if r - half < 0 or c - half < 0 or r + half > h or c + half > w:
+        return (f"patch {names.metadata_key(pid)}: centroid ({r}, {c}) is outside super-area {h}x{w} of "
+                f"{domain}/{zone}; the {sat_window}x{sat_window} window needs {half} px of margin; fix the centroid "
+                "JSON")
+    return None

@@ -136,6 +136,60 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
         LakeNotFoundError, LakeStateError: missing lake, view or empty split.
         CheckpointError: ``--resume`` with a checkpoint of another model.
     """
+    dist, device = _setup_device(cfg)
+    seed_everything(cfg.seed)
+    progress = dist.main and (progress if progress is not None else os.isatty(2))
+
+    root = lk.open_lake(cfg.lake)
+    train_loader, val_loader = _make_loaders(cfg, dist)
+    ds = train_loader.dataset
+    band_stats = root.attrs.get("band_stats", {})
+    channels_last = device.type == "cuda"
+    train_tf = BatchTransform(band_stats, augment=cfg.augment, channels_last=channels_last)
+    val_tf = BatchTransform(band_stats, augment=False, channels_last=channels_last)
+
+    model, core, n_params = _place_model(cfg, device, dist)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" \
+        else torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay or 0.01)
+    loss_fn = UTTLoss().to(device)
+
+    out = Path(cfg.out)
+    state = _start_state(cfg, out, core, opt, dist)
+    if dist.main:
+        _announce(cfg, out, device, n_params, ds.view, len(ds), len(val_loader.dataset), dist)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        train_loader.batch_sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        tr_loss, tr_n, _ = run_epoch(model, train_loader, train_tf, loss_fn, device, cfg, optimizer=opt,
+                                     max_batches=cfg.max_batches, progress=progress, desc=f"epoch {epoch} train")
+        va_loss, _, cm = run_epoch(model, val_loader, val_tf, loss_fn, device, cfg, max_batches=cfg.max_batches,
+                                   progress=progress, desc=f"epoch {epoch} val")
+        (tr_loss, va_loss), cm = _all_reduce([tr_loss, va_loss], cm, dist)
+        seconds = time.perf_counter() - t0
+        va_miou = miou(cm.numpy())
+        improved = _advance(state, epoch, va_loss, va_miou)
+        if dist.main:
+            row = {"epoch": epoch, "train_loss": round(tr_loss, 5), "val_loss": round(va_loss, 5),
+                   "val_miou": round(va_miou, 5), "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                   "train_samples_per_s": round(tr_n * dist.world / seconds, 2)}
+            _append_csv(out / "log.csv", row)
+            _say(f"epoch {epoch}: train loss {tr_loss:.4f}, val loss {va_loss:.4f}, val mIoU {va_miou:.4f}"
+                 f"{' (best)' if improved else ''}, {seconds:.1f} s")
+            _save_checkpoints(cfg, out, core, opt, state, ds, band_stats, improved)
+        if state["bad_epochs"] >= cfg.patience:
+            if dist.main:
+                _say(f"early stop: no val-loss improvement for {cfg.patience} epochs")
+            break
+    summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
+               "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _setup_device(cfg: TrainConfig) -> tuple[Dist, torch.device]:
+    """Return the process's place in the run and its device (CUDA: this rank's GPU, cuDNN autotuning, TF32)."""
     device_name = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dist = setup_distributed(device_name)
     device = torch.device(f"cuda:{dist.local_rank}" if device_name == "cuda" else device_name)
@@ -144,10 +198,15 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    seed_everything(cfg.seed)
-    progress = dist.main and (progress if progress is not None else os.isatty(2))
+    return dist, device
 
-    root = lk.open_lake(cfg.lake)
+
+def _make_loaders(cfg: TrainConfig, dist: Dist):
+    """Return the train and validation loaders of the view (the lake's latest when ``cfg.view`` is None).
+
+    Raises:
+        LakeStateError: a split without patches.
+    """
     train_loader = make_loader(cfg.lake, view=cfg.view, split=cfg.train_split, batch_size=cfg.batch_size,
                                num_workers=cfg.workers, shuffle=True, distributed=dist.world > 1, seed=cfg.seed,
                                drop_last=False)
@@ -160,24 +219,29 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
     if len(val_loader.dataset) == 0:
         raise LakeStateError(f"split {cfg.val_split!r} has no patches in {cfg.lake}; ingest its domains "
                              "or choose --val-split")
-    band_stats = root.attrs.get("band_stats", {})
-    channels_last = device.type == "cuda"
-    train_tf = BatchTransform(band_stats, augment=cfg.augment, channels_last=channels_last)
-    val_tf = BatchTransform(band_stats, augment=False, channels_last=channels_last)
+    return train_loader, val_loader
 
+
+def _place_model(cfg: TrainConfig, device: torch.device, dist: Dist):
+    """Return (the model on its device, DDP-wrapped when distributed; the bare model; its parameter count)."""
     model, n_params = build_model(cfg)
     model.to(device)
-    if channels_last:
+    if device.type == "cuda":  # channels_last on CUDA, as the batch transform
         model = model.to(memory_format=torch.channels_last)
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     core = model.module if dist.world > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" \
-        else torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay or 0.01)
-    loss_fn = UTTLoss().to(device)
+    return model, core, n_params
 
-    out = Path(cfg.out)
+
+def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
+    """Return the training state to start from: fresh, or restored from ``last.pt`` with ``--resume`` (model,
+    optimizer, state and random generators). A fresh run drops an earlier run's log.
+
+    Raises:
+        CheckpointError: ``last.pt`` holds another model.
+    """
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "best_val_miou": None}
@@ -195,56 +259,43 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
         log.info("resumed %s at epoch %d", out / "last.pt", state["epoch"])
     elif dist.main and (out / "log.csv").exists() and not cfg.resume:
         (out / "log.csv").unlink()
+    return state
 
-    if dist.main:
-        where = "random initialisation (ImageNet weights cannot be downloaded)" if not cfg.encoder_weights \
-            else f"weights from {cfg.encoder_weights}"
-        _say(f"model {cfg.model}: {n_params / 1e6:.2f} M parameters; encoder {where}; device {device}"
-             f"{' bf16 autocast, channels_last' if device.type == 'cuda' and cfg.amp == 'bf16' else ' fp32'}; "
-             f"view {ds.view}; train {len(ds)} / val {len(val_loader.dataset)} patches; {dist.world} process(es)")
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
-    for epoch in range(state["epoch"], cfg.epochs):
-        train_loader.batch_sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        tr_loss, tr_n, _ = run_epoch(model, train_loader, train_tf, loss_fn, device, cfg, optimizer=opt,
-                                     max_batches=cfg.max_batches, progress=progress, desc=f"epoch {epoch} train")
-        va_loss, _, cm = run_epoch(model, val_loader, val_tf, loss_fn, device, cfg, max_batches=cfg.max_batches,
-                                   progress=progress, desc=f"epoch {epoch} val")
-        (tr_loss, va_loss), cm = _all_reduce([tr_loss, va_loss], cm, dist)
-        seconds = time.perf_counter() - t0
-        va_miou = miou(cm.numpy())
-        state["epoch"] = epoch + 1
-        improved = va_loss < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=va_loss, best_epoch=epoch, bad_epochs=0, best_val_miou=va_miou)
-        else:
-            state["bad_epochs"] += 1
-        if dist.main:
-            row = {"epoch": epoch, "train_loss": round(tr_loss, 5), "val_loss": round(va_loss, 5),
-                   "val_miou": round(va_miou, 5), "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
-                   "train_samples_per_s": round(tr_n * dist.world / seconds, 2)}
-            _append_csv(out / "log.csv", row)
-            _say(f"epoch {epoch}: train loss {tr_loss:.4f}, val loss {va_loss:.4f}, val mIoU {va_miou:.4f}"
-                 f"{' (best)' if improved else ''}, {seconds:.1f} s")
-            ck = {"model_name": cfg.model, "model_kwargs": {"use_metadata": cfg.metadata,
-                                                            "baseline_quirks": cfg.baseline_quirks},
-                  "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
-                  "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
-                  "patch_size": ds.patch_size, "torch_rng": torch.get_rng_state(),
-                  "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
-            _atomic_save(ck, out / "last.pt")
-            if improved:
-                _atomic_save(ck, out / "best.pt")
-        if state["bad_epochs"] >= cfg.patience:
-            if dist.main:
-                _say(f"early stop: no val-loss improvement for {cfg.patience} epochs")
-            break
-    summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
-               "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
-    if dist.world > 1:
-        torch.distributed.barrier()
-    return summary
+def _announce(cfg: TrainConfig, out: Path, device: torch.device, n_params: int, view: str, n_train: int,
+              n_val: int, dist: Dist) -> None:
+    """Say what is trained, on what, where (the run's first line), and write its config.json."""
+    where = "random initialisation (ImageNet weights cannot be downloaded)" if not cfg.encoder_weights \
+        else f"weights from {cfg.encoder_weights}"
+    _say(f"model {cfg.model}: {n_params / 1e6:.2f} M parameters; encoder {where}; device {device}"
+         f"{' bf16 autocast, channels_last' if device.type == 'cuda' and cfg.amp == 'bf16' else ' fp32'}; "
+         f"view {view}; train {n_train} / val {n_val} patches; {dist.world} process(es)")
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+
+def _advance(state: dict, epoch: int, va_loss: float, va_miou: float) -> bool:
+    """Count an epoch into the early-stopping state; return True when its validation loss is the best yet."""
+    state["epoch"] = epoch + 1
+    improved = va_loss < state["best_val_loss"]
+    if improved:
+        state.update(best_val_loss=va_loss, best_epoch=epoch, bad_epochs=0, best_val_miou=va_miou)
+    else:
+        state["bad_epochs"] += 1
+    return improved
+
+
+def _save_checkpoints(cfg: TrainConfig, out: Path, core, opt, state: dict, ds, band_stats: dict,
+                      improved: bool) -> None:
+    """Write ``last.pt`` (everything ``--resume`` restores), and ``best.pt`` when the epoch improved."""
+    ck = {"model_name": cfg.model, "model_kwargs": {"use_metadata": cfg.metadata,
+                                                    "baseline_quirks": cfg.baseline_quirks},
+          "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
+          "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
+          "patch_size": ds.patch_size, "torch_rng": torch.get_rng_state(),
+          "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+    _atomic_save(ck, out / "last.pt")
+    if improved:
+        _atomic_save(ck, out / "best.pt")
 
 
 def _say(msg: str) -> None:
