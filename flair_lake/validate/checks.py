@@ -109,18 +109,12 @@ class Checker:
         return text, ("view_shard", name, shard)
 
 
-def expected_arrays(p: int, s: int) -> dict[str, tuple[tuple[int, ...], str, tuple[int, ...], tuple | None]]:
-    """Return name -> (trailing shape, dtype, chunks, shards) of every per-patch array, as create_lake makes it."""
-    out = {
-        "aerial": ((5, p, p), "uint8", (1, 5, p, p), (s, 5, p, p)),
-        "label": ((p, p), "uint8", (1, p, p), (s, p, p)),
-        lk.STATUS_ARRAY: ((), "uint8", (s,), None),
-    }
-    for spec in (*schema.COORDS, schema.TRANSFORM):
-        rows = s if spec.name in lk.TASK_WRITTEN else 65_536
-        trail = (6,) if spec.dims else ()
-        out[spec.name] = (trail, spec.dtype, (rows, *trail), None)
-    return out
+def expected_arrays(p: int, s: int) -> dict[str, schema.ArrayLayout]:
+    """Return the layout of every per-patch array (:func:`schema.lake_arrays`), in the order the checks report
+    them: the images and the status first."""
+    layouts = schema.lake_arrays(p, s)
+    first = ("aerial", "label", lk.STATUS_ARRAY)
+    return {**{k: layouts[k] for k in first}, **{k: v for k, v in layouts.items() if k not in first}}
 
 
 def check_root(c: Checker) -> bool:
@@ -140,13 +134,13 @@ def check_arrays(c: Checker) -> bool:
     p = int(c.attrs["patch_size"])
     fix = "fix: re-ingest the raw tree into a new lake (`flair-lake ingest RAW NEWLAKE`)"
     complete = True
-    for name, (trail, dtype, chunks, shards) in expected_arrays(p, c.per_shard).items():
+    for name, layout in expected_arrays(p, c.per_shard).items():
         if not c.check(name in c.root, f"array {name} is missing; {fix}"):
             complete = False
             continue
-        arr = c.root[name]
-        c.check(tuple(arr.shape) == (c.n, *trail),
-                f"array {name} has shape {tuple(arr.shape)}, expected {(c.n, *trail)} (rows of patch_id); {fix}")
+        arr, dtype, chunks, shards = c.root[name], layout.dtype, layout.chunks, layout.shards
+        c.check(tuple(arr.shape) == layout.shape(c.n),
+                f"array {name} has shape {tuple(arr.shape)}, expected {layout.shape(c.n)} (rows of patch_id); {fix}")
         c.check(str(arr.dtype) == dtype, f"array {name} has dtype {arr.dtype}, expected {dtype}; {fix}")
         c.check(tuple(arr.chunks) == chunks, f"array {name} has chunks {tuple(arr.chunks)}, expected {chunks}; {fix}")
         got_shards = tuple(arr.shards) if arr.shards else None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.validate.checks import Checker
 from flair_lake.validate.report import ValidationReport, filter_command, storage_flags
 from flair_lake.validate.scan import StoreMetadata, metadata_problem, node_key
@@ -18,36 +19,30 @@ from flair_lake.validate.shards import block_keys
 
 def strip_padding(lake: str, store, meta: StoreMetadata, report: ValidationReport) -> None:
     """Rewrite the metadata documents that parse once their NUL/blank padding is removed (repair)."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
     for path, data in sorted(meta.fixed.items()):
         key = node_key(path)
         report.check(False, metadata_problem(lake, path, meta.bad[path], meta)[0], ("meta", path))
-        sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+        zc.sync(store.set(key, zc.buffer_from_bytes(data)))
         report.repaired.append(f"repaired {lake}/{key}: removed its padding (NUL or blank bytes); it parses again")
 
 
 def _delete_node(store, path: str) -> None:
     """Delete a node (group or array) and everything under it."""
-    from zarr.core.sync import sync
     from zarr.storage import LocalStore
 
     if isinstance(store, LocalStore):
-        sync(store.delete(path))  # a folder: removed whole
+        zc.sync(store.delete(path))  # a folder: removed whole
     else:
-        sync(store.delete_dir(path))
+        zc.sync(store.delete_dir(path))
 
 
 def _delete_blocks(c: Checker, arrays, shard: int) -> list[str]:
     """Delete the objects of ``arrays`` holding rows of ``shard``; return the array names."""
-    from zarr.core.sync import sync
-
     names = []
     for name, arr in arrays:
         for key in block_keys(arr, shard, c.per_shard):
             if key in c.meta.keys:
-                sync(c.root.store.delete(key))
+                zc.sync(c.root.store.delete(key))
         names.append(name)
     return names
 
@@ -59,11 +54,9 @@ def repair_lake(c: Checker, storage_options: dict | None) -> None:
     marker deleted next, the data last, so that a lake left half-repaired is still seen, and resumed, as such.
     """
     rep, root = c.report, c.root
-    from zarr.core.sync import sync
-
     for action in [a for a in rep.actions if a and a[0] == "leftovers"]:
         for key in action[1]:
-            sync(root.store.delete(key))
+            zc.sync(root.store.delete(key))
         rep.repaired.append(f"deleted {len(action[1])} file(s) left by interrupted writes")
     shards = sorted({a[1] for a in rep.actions if a and a[0] == "shard"})
     view_shards = sorted({(a[1], a[2]) for a in rep.actions if a and a[0] == "view_shard"})

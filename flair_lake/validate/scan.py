@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.validate.report import filter_command
 
 METADATA = "zarr.json"
@@ -39,19 +40,13 @@ def node_key(path: str) -> str:
 
 def _parse(raw: bytes) -> dict:
     """Return a parsed zarr v3 metadata document; raise when zarr could not open the node."""
-    from zarr.core.group import GroupMetadata
-    from zarr.core.metadata.v3 import ArrayV3Metadata
-
     text = raw.decode("utf-8")
     doc = json.loads(text)
     if not isinstance(doc, dict):
         raise TypeError("not a JSON object")
     if doc.get("zarr_format") != 3:
         raise ValueError(f"zarr_format is {doc.get('zarr_format')!r}, expected 3")
-    kind = {"array": ArrayV3Metadata, "group": GroupMetadata}.get(doc.get("node_type"))
-    if kind is None:
-        raise ValueError(f"node_type is {doc.get('node_type')!r}")
-    kind.from_dict(json.loads(text))  # the parse zarr does when it opens the node (on a copy: it may consume it)
+    zc.check_metadata(text)  # the parse zarr does when it opens the node
     return doc
 
 
@@ -71,9 +66,7 @@ async def _list_keys(store) -> list[str]:
 
 
 async def _fetch(store, keys: list[str]) -> list[tuple[str, bytes | None]]:
-    from zarr.core.buffer import default_buffer_prototype
-
-    proto, gate = default_buffer_prototype(), asyncio.Semaphore(_FETCH_CONCURRENCY)
+    proto, gate = zc.buffer_prototype(), asyncio.Semaphore(_FETCH_CONCURRENCY)
 
     async def one(key: str) -> tuple[str, bytes | None]:
         async with gate:
@@ -85,12 +78,10 @@ async def _fetch(store, keys: list[str]) -> list[tuple[str, bytes | None]]:
 
 def scan_store(store) -> StoreMetadata:
     """List the store once and parse every metadata document (concurrently: one GET each on object stores)."""
-    from zarr.core.sync import sync
-
-    keys = set(sync(_list_keys(store)))
+    keys = set(zc.sync(_list_keys(store)))
     meta = StoreMetadata(keys, {}, {}, {})
     wanted = sorted(k for k in keys if k == METADATA or k.endswith("/" + METADATA))
-    for key, raw in sync(_fetch(store, wanted)):
+    for key, raw in zc.sync(_fetch(store, wanted)):
         if raw is None:
             continue
         path = key[: -len(METADATA)].rstrip("/")

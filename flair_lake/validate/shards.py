@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.errors import LakeStateError
 from flair_lake.validate.checks import Checker
 from flair_lake.validate.report import patch_ids
@@ -25,7 +26,7 @@ def _block_rows(arr) -> int:
 def _shard_key(arr, shard: int) -> str:
     """Return the store key of the shard object holding rows of shard ``shard`` (trailing dims: one shard)."""
     coords = (shard, *(0 for _ in arr.shape[1:]))
-    return f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+    return f"{arr.path}/{zc.chunk_key(arr, coords)}"
 
 
 def block_keys(arr, shard: int, per_shard: int) -> list[str]:
@@ -34,7 +35,7 @@ def block_keys(arr, shard: int, per_shard: int) -> list[str]:
     if int(block[0]) != per_shard:
         raise LakeStateError(f"{arr.path} stores {block[0]} rows per object, not {per_shard}")
     grid = [range(max(1, math.ceil(n / c))) for n, c in zip(arr.shape[1:], block[1:])]
-    return [f"{arr.path}/{arr.metadata.encode_chunk_key((shard, *idx))}" for idx in itertools.product(*grid)]
+    return [f"{arr.path}/{zc.chunk_key(arr, (shard, *idx))}" for idx in itertools.product(*grid)]
 
 
 def _shard_targets(c: Checker, deep: bool) -> list[tuple[str, object, list[int], str | None]]:
