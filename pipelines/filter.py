@@ -51,9 +51,9 @@ class FilterSummary:
             return [f"view {self.view} in {self.lake} is up to date with these parameters: nothing to do"]
         from pipelines.cluster import rate_text
 
-        out = [f"view {self.view}: {self.patches} patches filtered "
-               f"{rate_text(self.patches, self.seconds, self.startup_seconds)}; "
-               f"shards written {self.shards_written}, already complete {self.shards_skipped}"]
+        out = [(f"view {self.view}: {self.patches} patches filtered "
+                f"{rate_text(self.patches, self.seconds, self.startup_seconds)}; "
+                f"shards written {self.shards_written}, already complete {self.shards_skipped}")]
         out += [f"  {line}" for line in report_lines(self.report)]
         return out
 
@@ -197,31 +197,9 @@ def _create_view(root, name: str, cfg: FilterConfig, s: int, n: int, t_max: int,
     vg = root.create_group(f"{schema.VIEWS_GROUP}/{name}", attributes={
         "params": dataclasses.asdict(cfg), "window": window, "complete": False, "created": lk.now_iso(),
         "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
-    z = lk.compressors("zstd")
-    specs = {
-        "cover": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="float32", fill_value=0.0,
-                      compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                      attributes={"description": "covered fraction of the patch window per area date"}),
-        "keep": dict(shape=(n, t_max), chunks=(s, max(t_max, 1)), dtype="bool", fill_value=False,
-                     compressors=z, dimension_names=(schema.PATCH_DIM, "date"),
-                     attributes={"description": "date kept (cover < max_cover); False beyond n_dates"}),
-        "n_dates": dict(shape=(n,), chunks=(s,), dtype="int16", fill_value=0, compressors=z,
-                        dimension_names=(schema.PATCH_DIM,), attributes={"description": "dates of the area"}),
-    }
-    if cfg.monthly:
-        specs["monthly"] = dict(
-            shape=(n, MONTHS, 10, window, window), chunks=(1, MONTHS, 10, window, window),
-            shards=(s, MONTHS, 10, window, window), dtype="uint16", fill_value=0,
-            compressors=lk.compressors(cfg.codec, MONTHLY_LEVEL, typesize=2),
-            dimension_names=(schema.PATCH_DIM, "month", "s2_band", "row", "col"),
-            attributes={"description": f"monthly {cfg.reducer} of kept dates, DN; 0 when empty"})
-        specs["month_count"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="uint8", fill_value=0,
-                                    compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                                    attributes={"description": "kept dates per month; 0 = empty month"})
-        specs["month_days"] = dict(shape=(n, MONTHS), chunks=(s, MONTHS), dtype="int16", fill_value=0,
-                                   compressors=z, dimension_names=(schema.PATCH_DIM, "month"),
-                                   attributes={"description": "days from the 15th of the month to the "
-                                                              "reference date"})
+    layouts = schema.view_arrays(s, t_max, window, cfg.monthly, reducer=cfg.reducer)
+    specs = {name: lk.create_kwargs(a, n, lk.role_compressors(a, cfg.codec, MONTHLY_LEVEL))
+             for name, a in layouts.items()}
     lk.create_arrays(vg, specs)  # one round of metadata writes, not one per array
 
 
