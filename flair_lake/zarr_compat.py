@@ -5,8 +5,10 @@ coordinator run many array operations in one round, the selection machinery the 
 (an indexer of its own, ``_get_selection`` into a preallocated buffer), the metadata classes that parse a
 ``zarr.json``, the sharding codec's byte layout that :mod:`flair_lake.chunkio` writes itself, and the numcodecs
 codecs behind zarr's Blosc and Zstd. They were checked against the versions in :data:`ZARR_CHECKED` (and
-:data:`ZARRS_CHECKED` for the optional Rust codec pipeline). On any other zarr, :func:`internals_supported` is
-False and every caller takes the public API instead, with the same arrays and bytes as the result, only slower.
+:data:`ZARRS_CHECKED` for the optional Rust codec pipeline, which plugs into zarr's internal codec-pipeline
+interface). On any other zarr, :func:`internals_supported` is False and every caller takes zarr-python's public
+API instead, only slower: the same arrays and metadata, the same shard files; only chunks that zarrs would have
+encoded may differ in their compressed bytes (its Zstd and zarr-python's can differ by a byte for the same data).
 
 Set :data:`INTERNALS_ENV` to ``0`` to turn the fast paths off (tests compare both ways; the variable reaches Dask
 worker processes), or to ``1`` to try them on an unchecked zarr.
