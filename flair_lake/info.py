@@ -10,6 +10,7 @@ from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.config import FilterConfig
 from flair_lake.errors import UsageError
+from flair_lake.raw.names import patch_name
 
 
 def _codec_name(arr) -> str:
@@ -114,7 +115,7 @@ def format_report(r: dict) -> str:
         lines.append(f"  {run['id']}: {run.get('status')}, {what}, {run.get('seconds', '?')} s  ({src})")
     if r["quarantine"]:
         lines += ["", "quarantined patches:"]
-        lines += [f"  IMG_{int(k):06d}: {v}" for k, v in sorted(r["quarantine"].items(), key=lambda kv: int(kv[0]))]
+        lines += [f"  {patch_name(k)}: {v}" for k, v in sorted(r["quarantine"].items(), key=lambda kv: int(kv[0]))]
     lines += ["", "views:" if r["views"] else "views: none (run `flair-lake filter`)"]
     for v in r["views"]:
         try:
@@ -139,6 +140,6 @@ def report_lines(report: dict) -> list[str]:
                      + " ".join(str(x) for x in report["clear_month_histogram"]))
     none = report["no_clear_date"]
     lines.append(f"patches with no clear date: {len(none)}"
-                 + (f" ({', '.join(f'IMG_{i:06d}' for i in none[:10])}{', ...' if len(none) > 10 else ''})"
+                 + (f" ({', '.join(patch_name(i) for i in none[:10])}{', ...' if len(none) > 10 else ''})"
                     if none else ""))
     return lines

@@ -14,6 +14,7 @@ import numpy as np
 from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.errors import UsageError
+from flair_lake.raw.names import parse_patch_name, patch_name
 
 DPI = 100
 ROW_INCHES = 2.4
@@ -30,11 +31,10 @@ def parse_patch_id(text: str | int) -> int:
     Raises:
         UsageError: not a patch id.
     """
-    s = str(text).strip()
-    s = s[4:] if s.upper().startswith("IMG_") else s
-    if not s.isdigit():
+    patch_id = parse_patch_name(text)
+    if patch_id is None:
         raise UsageError(f"--patch {text!r} is not a patch id; give IMG_<digits> or the digits, e.g. IMG_040001")
-    return int(s)
+    return patch_id
 
 
 def centre_ndvi(monthly: np.ndarray, count: np.ndarray, crop: int = schema.S2_CENTRE_CROP) -> np.ndarray:
@@ -76,8 +76,8 @@ def pick_rows(root, lake: str, patch_ids: tuple = (), random_n: int | None = Non
         pid = parse_patch_id(text)
         hit = np.flatnonzero(ids == pid)
         if hit.size == 0:
-            examples = ", ".join(f"IMG_{int(i):06d}" for i in ids[:4])
-            raise UsageError(f"patch IMG_{pid:06d} is not an ingested patch of {lake}; valid ids are in its "
+            examples = ", ".join(patch_name(i) for i in ids[:4])
+            raise UsageError(f"patch {patch_name(pid)} is not an ingested patch of {lake}; valid ids are in its "
                              f"patch_id array (`flair-lake info {lake}` lists domains and quarantine), e.g. "
                              f"{examples}; or use --random N")
         rows.append(int(ok[hit[0]]))
@@ -163,7 +163,7 @@ def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_
         axes[1].imshow(panels[1])
         axes[2].imshow(aerial[4], cmap="terrain")
         axes[3].imshow(label, cmap=cmap, norm=norm, interpolation="nearest")
-        axes[0].set_ylabel(f"IMG_{int(ids[r]):06d}", fontsize=9)
+        axes[0].set_ylabel(patch_name(ids[r]), fontsize=9)
         if monthly:
             cube, count = vg["monthly"][r], vg["month_count"][r]
             strip = _strip(cube, count)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from flair_lake.errors import UsageError
+from flair_lake.raw.names import patch_name
 
 
 def _read(path: Path) -> list[dict]:
@@ -128,7 +129,7 @@ def plot_examples(examples: list[dict], path: str | Path, title: str = "") -> st
                 ax.imshow(img, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[i, 0].set_ylabel(f"IMG_{int(ex['patch_id']):06d}", fontsize=9)
+        axes[i, 0].set_ylabel(patch_name(ex['patch_id']), fontsize=9)
         axes[i, 3].set_xlabel(f"pixel accuracy {ex['accuracy']:.3f}", fontsize=8)
     for ax, name in zip(axes[0], ("true colour", "truth", "prediction", "errors (red)")):
         ax.set_title(name, fontsize=10)

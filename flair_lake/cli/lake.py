@@ -88,11 +88,12 @@ def validate(lake, deep, repair, storage_options):
 def preview(lake, patch_ids, random_n, seed, view, out, storage_options):
     """Quick-look PNG of patches of LAKE: colour, NIR, elevation, label, monthly Sentinel-2 strip, NDVI."""
     from flair_lake.preview import render_preview
+    from flair_lake.raw.names import patch_name
 
     res = render_preview(lake, out, patch_ids=patch_ids, random_n=random_n, view=view, seed=seed,
                          storage_options=storage_options)
     click.echo(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px): "
-               + ", ".join(f"IMG_{i:06d}" for i in res["patch_ids"]) + f"; view {res['view']}")
+               + ", ".join(patch_name(i) for i in res["patch_ids"]) + f"; view {res['view']}")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -17,7 +17,7 @@ import datetime as dt
 
 import numpy as np
 
-MONTHS = 12
+from flair_lake.schema import MONTHS
 
 
 def month_day_offsets(year: int) -> np.ndarray:

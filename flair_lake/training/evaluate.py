@@ -20,6 +20,7 @@ from flair_lake import schema
 from flair_lake.config import TrainConfig
 from flair_lake.errors import FlairLakeError
 from flair_lake.loader import BatchTransform, make_loader
+from flair_lake.raw.names import ID_DIGITS
 from flair_lake.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 from flair_lake.training.loop import _autocast, forward, iou_table
 from flair_lake.training.metrics import ConfusionMatrix, miou
@@ -147,10 +148,10 @@ def _write_prediction(folder: Path, pid: int, pred: np.ndarray, gdal_transform, 
     profile = {"driver": "GTiff", "height": pred.shape[0], "width": pred.shape[1], "dtype": "uint8",
                "compress": "lzw", "transform": Affine.from_gdal(*gdal_transform),
                "crs": CRS.from_epsg(epsg) if epsg else None}
-    with rasterio.open(folder / f"PRED_{pid:06d}.tif", "w", count=1, **profile) as dst:
+    with rasterio.open(folder / f"PRED_{pid:0{ID_DIGITS}d}.tif", "w", count=1, **profile) as dst:
         dst.write(pred, 1)
     if prob is not None:
-        with rasterio.open(folder / f"PROB_{pid:06d}.tif", "w", count=prob.shape[0], **profile) as dst:
+        with rasterio.open(folder / f"PROB_{pid:0{ID_DIGITS}d}.tif", "w", count=prob.shape[0], **profile) as dst:
             dst.write(prob)
 
 
