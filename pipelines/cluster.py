@@ -148,3 +148,15 @@ def run_tasks(jobs, *, scheduler: str | None, workers: int | None, threads_per_w
             for fut in as_completed(futures):
                 yield fut.result()
                 bar.update()
+
+
+def forget_listings(store) -> None:
+    """Drop the coordinator's cached directory listings of ``store`` (a zarr store) after tasks wrote to it.
+
+    fsspec file systems of object stores cache listings; the tasks write from worker processes, so a listing
+    the coordinator made before them (the shard markers of the plan) would be served stale afterwards. Local
+    stores keep no listing cache.
+    """
+    fs = getattr(store, "fs", None)
+    if fs is not None:
+        fs.invalidate_cache()

@@ -159,7 +159,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         LakeNotFoundError: no lake at ``lake``.
         LakeStateError: no Sentinel data, or a view of that name with other parameters (without overwrite).
     """
-    from pipelines.cluster import check_scheduler
+    from pipelines.cluster import check_scheduler, forget_listings
 
     t0 = time.perf_counter()
     root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
@@ -175,6 +175,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         return summary
     begin_run(root, plan)
     results = _run_tasks(plan.tasks, scheduler, workers, progress, summary) if plan.tasks else []
+    forget_listings(root.store)  # the view's markers the tasks wrote: listed by whatever reads the view next
     record_report(root, plan, state, results, summary, t0)
     return summary
 

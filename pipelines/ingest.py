@@ -246,7 +246,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     Raises:
         FlairLakeError: wrong root, empty tree, unwritable target (nothing is written then).
     """
-    from pipelines.cluster import check_scheduler
+    from pipelines.cluster import check_scheduler, forget_listings
 
     t0 = time.perf_counter()
     lk.check_writable(lake)
@@ -262,6 +262,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,
     begin_runs(root, plan)
     written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
                if plan.shard_tasks or plan.area_tasks else set())
+    forget_listings(root.store)  # the markers and super-areas the tasks wrote are listed next
     record_outcome(root, plan, written, summary, t0)
     return summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class LakeState:
     status: np.ndarray  # every row
     quarantine: dict[str, str]  # patch id (text) -> why, as the root attrs record it
     complete_shards: frozenset[int]  # shards whose completion marker exists
-    complete_areas: frozenset[str]  # super-areas marked complete
+    complete_areas: Container[str]  # super-areas marked complete
     next_start: int  # the first row a new run may use (lk.next_run_start)
 
     @classmethod
@@ -69,17 +70,33 @@ class LakeState:
         """Return the state of the lake ``root`` (the per-patch columns in one event-loop round)."""
         attrs = root.attrs.asdict()
         cols = lk.read_arrays(root, ("patch_id", lk.STATUS_ARRAY))
-        sen = root.get(schema.SENTINEL_GROUP)
-        areas = {name for name, g in sen.groups() if g.attrs.get("complete")} if sen is not None else set()
         return cls(patch_size=int(attrs["patch_size"]), per_shard=int(attrs["patches_per_shard"]),
                    runs=list(attrs.get("runs", [])), patch_id=cols["patch_id"], status=cols[lk.STATUS_ARRAY],
                    quarantine=dict(attrs.get("quarantine", {})), complete_shards=frozenset(lk.read_markers(root)),
-                   complete_areas=frozenset(areas), next_start=lk.next_run_start(root))
+                   complete_areas=_CompleteAreas(root), next_start=lk.next_run_start(root))
 
     def run_ids(self, run: dict) -> np.ndarray:
         """Return the patch ids of the rows a run record owns."""
         a, b = run["rows"]
         return self.patch_id[a:b]
+
+
+class _CompleteAreas:
+    """The super-areas of a lake marked complete, looked up one by one as the plan asks (a metadata read each).
+
+    Not from a listing of ``sentinel/``: on an object store the listing is cached by the coordinator's file
+    system, and one made before the tasks write would be served, stale, to whatever lists it afterwards.
+    """
+
+    def __init__(self, root) -> None:
+        self._root = root
+        self._known: dict[object, bool] = {}
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._known:
+            g = self._root.get(f"{schema.SENTINEL_GROUP}/{name}")
+            self._known[name] = g is not None and bool(g.attrs.get("complete"))
+        return self._known[name]
 
 
 # --- the plan ---------------------------------------------------------------------------------------------------
