@@ -18,7 +18,7 @@ Both take only the layouts they know: bytes and at most one Blosc or Zstd, unsha
 (bytes, crc32c) index at the end (writing); chunks split along the first axis only; a local store; a
 little-endian machine. Anything else goes through zarr, so this is an optimisation, never a format of its own:
 zarr reads every file written here, a shard written here is byte for byte the one zarr-python writes under the
-lake's :func:`~flair_lake.lake.fast_writes`, and what is read here equals what zarr reads (tests/test_chunkio.py).
+lake's :func:`~flair_lake.storage.fast_writes`, and what is read here equals what zarr reads (tests/test_chunkio.py).
 What this relies on of zarr (its array metadata, codec objects and sharding layout) comes from
 :mod:`flair_lake.zarr_compat`; on a zarr it was not checked against, both go through zarr.
 """

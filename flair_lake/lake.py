@@ -3,8 +3,9 @@
 Every read and write of the store goes through zarr's API (no filesystem calls), so a path and an object-store
 URL behave the same; the one exception, local lakes only, is the heavy transfers of ingest and filter (image
 and cube shards, Sentinel-2 chunks), in zarr's own layout (:mod:`flair_lake.chunkio`). The layout of every array
-(names, dims, dtypes, chunks, shards, codec roles) comes from :mod:`flair_lake.schema`; what this module needs of
-zarr beyond its public API (one event-loop round for many arrays, config contexts) from
+(names, dims, dtypes, chunks, shards, codec roles) comes from :mod:`flair_lake.schema`; how arrays are encoded,
+batched and written (codecs, one event-loop round for many arrays, the zarrs and O_DIRECT write paths, cached
+opens) from :mod:`flair_lake.storage`; what this module needs of zarr beyond its public API from
 :mod:`flair_lake.zarr_compat`.
 
 Crash safety: rows are appended in whole shards (a run starts at a shard boundary); each Dask task writes whole
@@ -15,12 +16,9 @@ no marker.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import functools
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-import zarr.codecs
 
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
 from flair_lake.errors import (CorruptMetadataError, FlairLakeError, LakeNotFoundError, LakeStateError,
@@ -45,48 +42,6 @@ TASK_WRITTEN = tuple(n for n in schema.SHARD_CHUNKED if n != STATUS_ARRAY)  # co
 SHARD_TASK_ARRAYS = ("aerial", "label", *TASK_WRITTEN, STATUS_ARRAY)  # everything one ingest shard task writes
 
 
-def is_url(lake: str) -> bool:
-    """Return True for object-store URLs such as ``s3://bucket/lake.zarr``."""
-    return "://" in str(lake)
-
-
-def compressors(codec: str, level: int = 3, typesize: int = 1) -> tuple:
-    """Return the bytes-to-bytes codecs for ``codec`` ('zstd', 'lz4' or 'none').
-
-    uint8 imagery gains nothing from byte-shuffle (docs/benchmarks.md). uint16 reflectance (12-bit values) is
-    bit-shuffled first: measured on Sentinel-2 windows, 2x the encode and 1.2-1.4x the decode speed of
-    byte-shuffle, for the same size with zstd and 10 % smaller with lz4.
-    """
-    if codec == "none":
-        return ()
-    if codec == "lz4":
-        shuffle = "bitshuffle" if typesize > 1 else "noshuffle"
-        return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, typesize=typesize),)
-    if typesize > 1:
-        return (zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle", typesize=typesize),)
-    return (zarr.codecs.ZstdCodec(level=level),)
-
-
-def role_compressors(layout: schema.ArrayLayout, codec: str = "zstd", level: int = 3) -> tuple:
-    """Return the codecs of an array of ``layout``: its codec role takes ``codec`` at ``level`` (the run's
-    choice), or fixed codecs (:data:`schema.CODEC_ROLES`)."""
-    if layout.codec_role == "table":
-        return compressors("zstd")
-    if layout.codec_role == "none":
-        return ()
-    return compressors(codec, level, typesize=np.dtype(layout.dtype).itemsize)
-
-
-def create_kwargs(layout: schema.ArrayLayout, n_rows: int, compressors: tuple) -> dict:
-    """Return the keyword arguments of zarr's ``create_array`` for an array of ``layout`` with ``n_rows`` rows."""
-    kw = {"shape": layout.shape(n_rows), "chunks": layout.chunks, "dtype": layout.dtype,
-          "fill_value": layout.fill_value, "compressors": compressors, "dimension_names": layout.dims,
-          "attributes": layout.attributes()}
-    if layout.shards is not None:
-        kw["shards"] = layout.shards
-    return kw
-
-
 class StoreUnreachableError(FlairLakeError, ConnectionError):
     """The object store of a lake URL cannot be used (endpoint, credentials, bucket)."""
 
@@ -94,7 +49,7 @@ class StoreUnreachableError(FlairLakeError, ConnectionError):
 def explain_store_error(lake: str, exc: BaseException) -> FlairLakeError | None:
     """Return a one-line error for an object-store failure of ``lake`` (None when it is not one)."""
     name = type(exc).__name__
-    bucket = lake.split("://", 1)[1].split("/", 1)[0] if is_url(lake) else ""
+    bucket = lake.split("://", 1)[1].split("/", 1)[0] if storage.is_url(lake) else ""
     text = str(exc)
     if "NoCredentials" in name or "credentials" in text.lower() and "not" in text.lower():
         return StoreUnreachableError(f"no credentials for {lake}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -105,7 +60,7 @@ def explain_store_error(lake: str, exc: BaseException) -> FlairLakeError | None:
     if "EndpointConnection" in name or "ClientConnector" in name or isinstance(exc, (ConnectionError, TimeoutError)):
         return StoreUnreachableError(f"cannot reach the object store of {lake} ({text.splitlines()[0][:160]}); "
                                      "check AWS_ENDPOINT_URL or --storage-option endpoint_url=...")
-    if is_url(lake) and ("Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text):
+    if storage.is_url(lake) and ("Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text):
         return StoreUnreachableError(f"access to {lake} was refused ({text.splitlines()[0][:160]}); check the "
                                      "credentials")
     return None
@@ -127,11 +82,11 @@ def _open_group(lake: str, **kw) -> zarr.Group:
     try:
         return zarr.open_group(store=lake, **kw)
     except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsGroupError):
-        if is_url(lake) and _bucket_missing(lake, kw.get("storage_options")):
+        if storage.is_url(lake) and _bucket_missing(lake, kw.get("storage_options")):
             raise StoreUnreachableError(f"bucket of {lake} does not exist; create it first") from None
         raise
     except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors have no common base
-        err = explain_store_error(lake, exc) if is_url(lake) else None
+        err = explain_store_error(lake, exc) if storage.is_url(lake) else None
         if err is None:
             raise
         raise err from None
@@ -144,12 +99,12 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
         LakeNotFoundError: nothing at ``lake``.
         LakeStateError: something is there but it is not a flair-lake, or its schema is newer.
     """
-    if not is_url(lake) and not Path(lake).exists():
+    if not storage.is_url(lake) and not Path(lake).exists():
         raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`")
     try:
         group = _open_group(lake, mode=mode, storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        err = explain_store_error(lake, exc) if is_url(lake) else None
+        err = explain_store_error(lake, exc) if storage.is_url(lake) else None
         raise err or LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`") \
             from None
     except ValueError as exc:  # JSONDecodeError and zarr's metadata errors: the root zarr.json is damaged
@@ -169,7 +124,7 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
 
 def lake_exists(lake: str, *, storage_options: dict | None = None) -> bool:
     """Return True when a Zarr group (a lake or not) is at ``lake``, local path or object-store URL."""
-    if not is_url(lake):
+    if not storage.is_url(lake):
         return (Path(lake) / "zarr.json").exists()
     try:
         _open_group(lake, mode="r", storage_options=storage_options)
@@ -183,7 +138,7 @@ def lake_exists(lake: str, *, storage_options: dict | None = None) -> bool:
 
 def check_writable(lake: str) -> None:
     """Raise :class:`TargetNotWritableError` when a local lake path cannot be created or written."""
-    if is_url(lake):
+    if storage.is_url(lake):
         return
     p = Path(lake)
     if p.exists() and not p.is_dir():
@@ -218,9 +173,9 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
     """Create an empty lake (zero patches) with every per-patch array and the root attrs."""
     root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3)
     p, s = layout.patch_size, layout.patches_per_shard
-    specs = {name: create_kwargs(a, 0, role_compressors(a, layout.codec, layout.level))
+    specs = {name: storage.create_kwargs(a, 0, storage.role_compressors(a, layout.codec, layout.level))
              for name, a in schema.lake_arrays(p, s).items()}
-    create_arrays(root, specs)  # in one event-loop round
+    storage.create_arrays(root, specs)  # in one event-loop round
     root.require_group(schema.DONE_GROUP)
     root.require_group(schema.SENTINEL_GROUP)
     root.require_group(schema.VIEWS_GROUP)
@@ -238,23 +193,6 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
 def n_rows(root: zarr.Group) -> int:
     """Return the number of patch rows (including empty padding rows before shard-aligned appends)."""
     return int(root["patch_id"].shape[0])
-
-
-def read_arrays(group: zarr.Group, paths: list[str] | tuple[str, ...], rows: slice = slice(None)) -> dict:
-    """Return ``{path: group[path][rows]}``, every array read in one event-loop round instead of one each."""
-    return dict(zip(paths, zc.read_arrays(group, paths, rows)))
-
-
-def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:
-    """Create the arrays ``{name: create_array keyword arguments}`` in ``group`` in one event-loop round."""
-    zc.create_arrays(group, specs)
-
-
-def write_arrays(items: list[tuple[zarr.Array | str, np.ndarray]], rows: slice,
-                 group: zarr.Group | None = None) -> None:
-    """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each;
-    an array given by its path in ``group`` is opened in the same round."""
-    zc.write_arrays(items, rows, group)
 
 
 def next_run_start(root: zarr.Group) -> int:
@@ -348,107 +286,3 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: boo
     if view is not None and complete and not vg[view].attrs.get("complete"):
         raise LakeStateError(f"view {view!r} of {lake} is incomplete; run `flair-lake filter` again to finish it")
     return view
-
-
-def zarrs_available() -> bool:
-    """Return True when the zarrs codec pipeline (Rust; extra ``fast``) is installed and usable with this zarr
-    (:func:`flair_lake.zarr_compat.zarrs_supported`)."""
-    return zc.zarrs_supported()
-
-
-ZARRS_PIPELINE = zc.ZARRS_PIPELINE  # zarr config of the Rust codec pipeline
-
-
-def rust_codecs(lake: str):
-    """Return a context in which arrays opened use the zarrs (Rust) codec pipeline, when it is installed.
-
-    Measured (docs/benchmarks.md): 1.3-3.8x zarr-python's decode and 2x its encode of a shard of 64 chunks.
-    zarrs reads and writes local stores only: object-store URLs keep zarr-python's pipeline.
-    """
-    if zarrs_available() and not is_url(lake):
-        return zc.config(zc.ZARRS_PIPELINE)
-    return contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=16)
-def _direct_io_supported(folder: str) -> bool:
-    """Return True when files in ``folder`` can be written with O_DIRECT (probed once per folder and process)."""
-    import mmap
-    import socket
-    import uuid
-
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return False
-    # unique across the hosts of a cluster sharing the folder
-    probe = Path(folder) / f".direct-io-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
-        try:
-            os.write(fd, mmap.mmap(-1, 4096))  # page-aligned, as O_DIRECT requires
-        finally:
-            os.close(fd)
-        return True
-    except OSError:  # tmpfs on older kernels, some FUSE and network filesystems, read-only folders
-        return False
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:  # a read-only filesystem refuses even this
-            pass
-
-
-def direct_io(lake: str) -> bool:
-    """Return True when files of the local lake ``lake`` can be written with O_DIRECT (probed once a process)."""
-    return not is_url(lake) and Path(lake).is_dir() and _direct_io_supported(str(Path(lake)))
-
-
-def direct_writes(lake: str):
-    """Return a context in which arrays opened write their chunks with O_DIRECT (zarrs, local lakes only; the
-    filter's cube shards, written by :mod:`flair_lake.chunkio`, take O_DIRECT from :func:`direct_io`).
-
-    Writing a new file through the page cache makes the kernel find, fill and later write back a fresh page for
-    every 4 KiB; O_DIRECT hands the encoded shard to the disk instead. Measured on the 2-core machine: 196 MB of
-    shards in 0.45-0.51 s of CPU buffered, 0.10-0.13 s direct. Readers are unaffected (they read through the
-    cache as usual); where the filesystem refuses O_DIRECT the writes stay buffered.
-    """
-    if zarrs_available() and direct_io(lake):
-        return zc.config(zc.ZARRS_DIRECT_IO)
-    return contextlib.nullcontext()
-
-
-_ARRAYS: dict[tuple, tuple[tuple, zarr.Array]] = {}
-
-
-def open_array(root: zarr.Group, lake: str, path: str) -> zarr.Array:
-    """Return ``root[path]``, reusing this process's earlier open of it while its ``zarr.json`` is unchanged.
-
-    Opening an array reads and parses its metadata and builds its codec pipeline (~0.9 ms, a tenth of a filter
-    shard task that opens a dozen); building it again from the same file is wasted. The reuse is keyed by the
-    file's inode, size and mtime and by the zarr settings that shape the array object, so a resized, rewritten
-    or recreated array, or another codec pipeline, opens afresh. Object-store lakes are opened every time.
-    """
-    if is_url(lake):
-        return root[path]
-    try:
-        st = os.stat(os.path.join(lake, path, "zarr.json"))
-    except OSError:
-        return root[path]
-    key = (os.path.abspath(lake), path, root.store.read_only, zarr.config.get("codec_pipeline.path"),
-           zarr.config.get("codec_pipeline.direct_io", False), zarr.config.get("array.write_empty_chunks"))
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    hit = _ARRAYS.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    arr = root[path]
-    _ARRAYS[key] = (stamp, arr)
-    return arr
-
-
-def fast_writes():
-    """Return a context in which whole-chunk writes skip zarr's all-fill-value check of every chunk.
-
-    The check (``np.array_equal`` per chunk) took a third of a shard write; our tasks write whole shards of real
-    data, so an all-zero chunk is rare and costs only its compressed bytes.
-    """
-    return zc.config(zc.WRITE_EMPTY_CHUNKS)

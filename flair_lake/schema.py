@@ -96,7 +96,7 @@ PATCHES_PER_SHARD = 64
 PATCH_DIM = "patch"
 TABLE_CHUNK_ROWS = 65_536  # rows per chunk of the columns only the coordinator writes
 MONTHS = 12  # months of a view's monthly cube
-# Codec roles: which codecs an array takes (flair_lake.lake.role_compressors turns a role into zarr codecs).
+# Codec roles: which codecs an array takes (flair_lake.storage.role_compressors turns a role into zarr codecs).
 CODEC_ROLES = {
     "image": "ingest --codec at --zstd-level (aerial images and labels)",
     "table": "Zstd level 3, whatever --codec says (the small per-patch columns and a view's tables)",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake.chunkio import write_shard
 from flair_lake.config import FilterConfig
 from flair_lake.info import report_lines
@@ -61,7 +61,7 @@ class FilterSummary:
 # --- task -------------------------------------------------------------------------------------------------------
 def filter_shard(task: FilterTask) -> dict:
     """Compute and write one shard of a view: cover, keep, and (monthly) composites, counts and day offsets."""
-    with lk.rust_codecs(task.lake), lk.fast_writes():  # arrays opened here decode and encode in Rust (local)
+    with storage.rust_codecs(task.lake), storage.fast_writes():  # arrays opened here decode and encode in Rust (local)
         return _filter_shard(task)
 
 
@@ -88,8 +88,8 @@ def _filter_shard(task: FilterTask) -> dict:
     for area_code in np.unique(zone[ok]):
         t0 = time.perf_counter()
         area = f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"
-        masks = lk.open_array(root, task.lake, f"{area}/masks")[:]
-        dates = lk.open_array(root, task.lake, f"{area}/dates")[:].astype("datetime64[D]")
+        masks = storage.open_array(root, task.lake, f"{area}/masks")[:]
+        dates = storage.open_array(root, task.lake, f"{area}/dates")[:].astype("datetime64[D]")
         phases["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         t = masks.shape[0]
@@ -106,7 +106,7 @@ def _filter_shard(task: FilterTask) -> dict:
         streamed = len(years) == 1 and task.cfg.reducer == "mean" and not task.cfg.mask_pixels
         # the default mean streams the area one chunk of dates at a time (composite phase); otherwise it is read
         # whole, once per task
-        data = lk.open_array(root, task.lake, f"{area}/data")
+        data = storage.open_array(root, task.lake, f"{area}/data")
         data = data if streamed else data[:]
         phases["read"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -129,12 +129,13 @@ def _filter_shard(task: FilterTask) -> dict:
     t0 = time.perf_counter()
     view = f"{schema.VIEWS_GROUP}/{task.view}"
     if monthly is not None:  # the cube's whole shard in one encode pass and one file write (flair_lake.chunkio)
-        write_shard(lk.open_array(root, task.lake, f"{view}/monthly"), task.shard, monthly,
-                    direct=lk.direct_io(task.lake))
+        write_shard(storage.open_array(root, task.lake, f"{view}/monthly"), task.shard, monthly,
+                    direct=storage.direct_io(task.lake))
     columns = {"cover": cover, "keep": keep, "n_dates": n_dates}
     if monthly is not None:
         columns.update(month_count=counts, month_days=days)
-    lk.write_arrays([(lk.open_array(root, task.lake, f"{view}/{k}"), v) for k, v in columns.items()], slice(a, b))
+    storage.write_arrays([(storage.open_array(root, task.lake, f"{view}/{k}"), v) for k, v in columns.items()],
+                         slice(a, b))
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
     report = {"rows": [a, b], "patches": int(ok.sum()), "seconds": {k: round(v, 4) for k, v in phases.items()}}
@@ -199,9 +200,9 @@ def _create_view(root, name: str, cfg: FilterConfig, s: int, n: int, t_max: int,
         "params": dataclasses.asdict(cfg), "window": window, "complete": False, "created": lk.now_iso(),
         "month_days_reference": f"15 May of {cfg.ref_year or 'the acquisition year'}"})
     layouts = schema.view_arrays(s, t_max, window, cfg.monthly, reducer=cfg.reducer)
-    specs = {name: lk.create_kwargs(a, n, lk.role_compressors(a, cfg.codec, MONTHLY_LEVEL))
+    specs = {name: storage.create_kwargs(a, n, storage.role_compressors(a, cfg.codec, MONTHLY_LEVEL))
              for name, a in layouts.items()}
-    lk.create_arrays(vg, specs)  # one round of metadata writes, not one per array
+    storage.create_arrays(vg, specs)  # one round of metadata writes, not one per array
 
 
 def begin_run(root, plan: FilterPlan) -> None:
@@ -256,7 +257,7 @@ def build_report(root, name: str, coords: dict | None = None, results: list[dict
     need = [k for k in (lk.STATUS_ARRAY, "patch_id", "domain") if coords is None or k not in coords]
     if results is None:
         need += [f"{path}/keep", f"{path}/n_dates"] + ([f"{path}/month_count"] if monthly else [])
-    cols = {**(coords or {}), **lk.read_arrays(root, need)}
+    cols = {**(coords or {}), **storage.read_arrays(root, need)}
     n = cols[lk.STATUS_ARRAY].shape[0]
     if results is None:
         kept, n_dates = cols[f"{path}/keep"].sum(1), cols[f"{path}/n_dates"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake.chunkio import write_shard
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, RawFormatError
@@ -110,9 +110,9 @@ def write_patch_shard(task: ShardTask) -> dict:
     rows = slice(task.row0, task.row0 + n)
     # the image shards straight to their files, in zarr's layout (flair_lake.chunkio; O_DIRECT on local lakes);
     # the small columns encoded in Rust
-    with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
+    with storage.rust_codecs(task.lake), storage.direct_writes(task.lake), storage.fast_writes():
         root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
-        direct = lk.direct_io(task.lake)
+        direct = storage.direct_io(task.lake)
         write_shard(root["aerial"], task.shard, aerial, direct=direct)
         write_shard(root["label"], task.shard, label, direct=direct)
         root["transform"][rows] = transform
@@ -165,13 +165,13 @@ def write_area(task: AreaTask) -> dict:
     g = root.require_group(f"{schema.SENTINEL_GROUP}/{task.area.name}")
     tc = min(t, 8)
     days = np.array([(d - _EPOCH).days for d in dates], np.int32)
-    specs = (("data", data, ("date", "s2_band", "row", "col"), lk.compressors(task.codec, task.level, typesize=2),
-              (tc, 10, h, w), {}),
-             ("masks", masks, ("date", "mask_band", "row", "col"), lk.compressors(task.codec, task.level),
+    specs = (("data", data, ("date", "s2_band", "row", "col"),
+              storage.compressors(task.codec, task.level, typesize=2), (tc, 10, h, w), {}),
+             ("masks", masks, ("date", "mask_band", "row", "col"), storage.compressors(task.codec, task.level),
               (tc, 2, h, w), {}),
              ("dates", days, ("date",), (), (max(t, 1),),
               {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"}))
-    with lk.rust_codecs(task.lake), lk.direct_writes(task.lake), lk.fast_writes():
+    with storage.rust_codecs(task.lake), storage.direct_writes(task.lake), storage.fast_writes():
         for name, values, dims, comps, chunks, attrs in specs:
             g.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0,
                            compressors=comps, overwrite=True, dimension_names=dims, attributes=attrs)[...] = values
@@ -232,7 +232,7 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
         "s2_col": np.array([p.centroid[1] for p in patches], np.int32),
         "has_label": np.array([p.label is not None for p in patches], np.uint8),
     }
-    lk.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
+    storage.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
 
 
 def ingest(raw: str | Path, lake: str, cfg: IngestConfig = IngestConfig(), *,

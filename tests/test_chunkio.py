@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from flair_lake import lake as lk
+from flair_lake import storage
 from flair_lake import zarr_compat as zc
 from flair_lake.chunkio import _decoded_size, _layout, _max_encoded, iter_blocks, write_shard
 from flair_lake.errors import LakeStateError
@@ -19,7 +19,7 @@ ROW = (3, 2, 5, 7)  # one row's shape (like a patch's months x bands x rows x co
 def _array(path, codec: str, *, rows: int, inner: int = 1, dtype="uint16", per_shard: int = 4, fill=0):
     typesize = np.dtype(dtype).itemsize
     return zarr.create_array(str(path), shape=(rows, *ROW), chunks=(inner, *ROW), shards=(per_shard, *ROW),
-                             dtype=dtype, fill_value=fill, compressors=lk.compressors(codec, 1, typesize=typesize))
+                             dtype=dtype, fill_value=fill, compressors=storage.compressors(codec, 1, typesize=typesize))
 
 
 def _read(path, pipeline: str) -> np.ndarray:
@@ -33,7 +33,7 @@ def test_whole_shards_read_back_exactly(tmp_path, codec, direct):
     """Full shards and the array's last, partial shard (inner chunks of 1 and of 3 rows: a padded last chunk and
     unstored chunks past the end) read back bit-exact through zarr-python (which checks the index CRC32C) and
     zarrs; rewriting a shard replaces it whole."""
-    if direct and not lk._direct_io_supported(str(tmp_path)):
+    if direct and not storage._direct_io_supported(str(tmp_path)):
         pytest.skip("this filesystem refuses O_DIRECT")
     rng = np.random.default_rng(5)
     for inner, per_shard in ((1, 4), (3, 6)):
@@ -70,10 +70,10 @@ def _values(rng, dtype: str, rows: int, fill) -> np.ndarray:
 @pytest.mark.parametrize("direct", [False, True])
 def test_shards_are_byte_identical_to_what_zarr_writes(tmp_path, codec, dtype, direct):
     """Every shard file is byte for byte the one zarr-python writes for the same rows, with the codecs
-    lake.compressors makes (zstd; blosc-lz4 and blosc-zstd with bit-shuffle for uint16), full and partial last
+    storage.compressors makes (zstd; blosc-lz4 and blosc-zstd with bit-shuffle for uint16), full and partial last
     shards, padded inner chunks, buffered and O_DIRECT. zarr compared under the settings the lake writes with
-    (lake.fast_writes(): an all-fill inner chunk is stored too, as the shard writer always does)."""
-    if direct and not lk._direct_io_supported(str(tmp_path)):
+    (storage.fast_writes(): an all-fill inner chunk is stored too, as the shard writer always does)."""
+    if direct and not storage._direct_io_supported(str(tmp_path)):
         pytest.skip("this filesystem refuses O_DIRECT")
     rng = np.random.default_rng(17)
     fill = True if dtype == "bool" else 7
@@ -85,7 +85,7 @@ def test_shards_are_byte_identical_to_what_zarr_writes(tmp_path, codec, dtype, d
         shards = range(-(-rows // per_shard))
         for s in shards:
             write_shard(ours, s, values[s * per_shard:(s + 1) * per_shard], direct=direct)
-        with zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():  # arrays take both when opened
+        with zarr.config.set(zc.PYTHON_PIPELINE), storage.fast_writes():  # arrays take both when opened
             theirs = _array(tmp_path / f"zarr-{inner}-{rows}", codec, rows=rows, inner=inner, dtype=dtype,
                             per_shard=per_shard, fill=fill)
             for s in shards:
@@ -99,16 +99,16 @@ def test_shards_are_byte_identical_to_what_zarr_writes(tmp_path, codec, dtype, d
 def test_a_large_shard_is_byte_identical_too(tmp_path, direct):
     """An incompressible 5 MiB shard of aerial-like rows, whose front the writer thread writes while the rest
     encodes, equals zarr's shard."""
-    if direct and not lk._direct_io_supported(str(tmp_path)):
+    if direct and not storage._direct_io_supported(str(tmp_path)):
         pytest.skip("this filesystem refuses O_DIRECT")
     shape = (16, 5, 256, 256)
     values = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
     make = {"shape": (20, *shape[1:]), "chunks": (1, *shape[1:]), "shards": shape, "dtype": "uint8",
-            "compressors": lk.compressors("zstd", 1)}
+            "compressors": storage.compressors("zstd", 1)}
     ours = zarr.create_array(str(tmp_path / "ours"), **make)
     write_shard(ours, 0, values, direct=direct)
     write_shard(ours, 1, values[:4], direct=direct)
-    with zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():
+    with zarr.config.set(zc.PYTHON_PIPELINE), storage.fast_writes():
         theirs = zarr.create_array(str(tmp_path / "zarr"), **make)
         theirs[:16] = values
         theirs[16:] = values[:4]
@@ -132,7 +132,7 @@ def test_inner_chunks_are_the_bytes_zarrs_encodes(tmp_path, codec):
     ours = _array(tmp_path / "ours", codec, rows=8)
     for s in (0, 1):
         write_shard(ours, s, values[s * 4:(s + 1) * 4])
-    with zarr.config.set(zc.ZARRS_PIPELINE), lk.fast_writes():
+    with zarr.config.set(zc.ZARRS_PIPELINE), storage.fast_writes():
         theirs = _array(tmp_path / "zarrs", codec, rows=8)
         theirs[:] = values
     for s in (0, 1):
@@ -149,7 +149,7 @@ def test_without_zarr_internals_zarr_writes_and_reads(tmp_path):
     fast = _array(tmp_path / "fast", "lz4", rows=10)
     for s in range(3):
         write_shard(fast, s, values[s * 4:(s + 1) * 4])
-    with zc.internals_forced(False), zarr.config.set(zc.PYTHON_PIPELINE), lk.fast_writes():
+    with zc.internals_forced(False), zarr.config.set(zc.PYTHON_PIPELINE), storage.fast_writes():
         plain = _array(tmp_path / "plain", "lz4", rows=10)
         assert _layout(plain) is None
         for s in range(3):
@@ -157,7 +157,7 @@ def test_without_zarr_internals_zarr_writes_and_reads(tmp_path):
     for s in range(3):
         assert _shard_bytes(tmp_path / "fast", s) == _shard_bytes(tmp_path / "plain", s)
     arr = zarr.create_array(str(tmp_path / "blocks"), shape=values.shape, chunks=(4, *ROW), dtype="uint16",
-                            compressors=lk.compressors("zstd", typesize=2))
+                            compressors=storage.compressors("zstd", typesize=2))
     arr[:] = values
     with zc.internals_forced(False):
         blocks = [(row, block.copy()) for row, block in iter_blocks(arr, 2, 9)]
@@ -179,9 +179,9 @@ def test_bool_and_single_byte_arrays(tmp_path):
     assert np.array_equal(_read(tmp_path / "b", "python"), values)
     noise = np.random.default_rng(2).integers(0, 256, (4, 5, 64, 64), dtype=np.uint8)
     arr = zarr.create_array(str(tmp_path / "u"), shape=noise.shape, chunks=(1, 5, 64, 64), shards=noise.shape,
-                            dtype="uint8", compressors=lk.compressors("zstd", 1))
+                            dtype="uint8", compressors=storage.compressors("zstd", 1))
     assert _layout(arr) is not None
-    write_shard(arr, 0, noise, direct=lk._direct_io_supported(str(tmp_path)))
+    write_shard(arr, 0, noise, direct=storage._direct_io_supported(str(tmp_path)))
     for pipeline in ("python", "zarrs"):
         assert np.array_equal(_read(tmp_path / "u", pipeline), noise)
 
@@ -210,7 +210,7 @@ def test_blocks_equal_what_zarr_reads(tmp_path, codec):
     values = rng.integers(0, 4096, (23, *ROW)).astype(np.uint16)
     values[8:12] = 3  # a whole chunk of the fill value: zarr does not store it
     arr = zarr.create_array(str(tmp_path / "a"), shape=values.shape, chunks=(4, *ROW), dtype="uint16",
-                            fill_value=3, compressors=lk.compressors(codec, typesize=2))
+                            fill_value=3, compressors=storage.compressors(codec, typesize=2))
     arr[:] = values
     assert not (tmp_path / "a" / "c" / "2").exists()
     for start, stop in ((0, None), (5, 14), (9, 10), (20, 23)):
@@ -247,7 +247,7 @@ def test_a_damaged_chunk_is_an_error_not_short_data(tmp_path):
     for codec, typesize in (("lz4", 2), ("zstd", 1)):
         dtype = "uint16" if typesize == 2 else "uint8"
         arr = zarr.create_array(str(tmp_path / codec), shape=(8, *ROW), chunks=(4, *ROW), dtype=dtype,
-                                compressors=lk.compressors(codec, typesize=typesize))
+                                compressors=storage.compressors(codec, typesize=typesize))
         arr[:] = 5
         comp = zc.plain_codecs(zc.array_codecs(arr))[1]
         short = np.zeros(np.prod(ROW) * 2, dtype)  # half a chunk, validly encoded

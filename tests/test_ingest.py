@@ -19,7 +19,7 @@ import zarr
 from click.testing import CliRunner
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake.cli import main
 from flair_lake.config import IngestConfig, SynthConfig
 from flair_lake.raw import metadata, names
@@ -207,16 +207,16 @@ def test_direct_writes_round_trip_and_leave_no_probe(tmp_path):
     lake = tmp_path / "direct.zarr"
     lake.mkdir()
     values = np.random.default_rng(3).integers(0, 255, (7, 3, 33, 35), dtype=np.uint8)
-    with lk.rust_codecs(str(lake)), lk.direct_writes(str(lake)):
-        if lk.zarrs_available() and lk._direct_io_supported(str(lake)):
+    with storage.rust_codecs(str(lake)), storage.direct_writes(str(lake)):
+        if storage.zarrs_available() and storage._direct_io_supported(str(lake)):
             assert zarr.config.get("codec_pipeline.direct_io") is True
         z = zarr.create_array(str(lake / "a"), shape=values.shape, chunks=(1, 3, 33, 35), shards=(4, 3, 33, 35),
-                              dtype="uint8", compressors=lk.compressors("zstd"))
+                              dtype="uint8", compressors=storage.compressors("zstd"))
         z[:] = values
     assert np.array_equal(zarr.open_array(str(lake / "a"), mode="r")[:], values)
     assert not list(lake.glob(".direct-io-probe*"))
     assert not zarr.config.get("codec_pipeline.direct_io", False)
-    with lk.direct_writes("s3://bucket/lake.zarr"):
+    with storage.direct_writes("s3://bucket/lake.zarr"):
         assert not zarr.config.get("codec_pipeline.direct_io", False)
 
 
@@ -265,14 +265,14 @@ def test_config_contexts_of_interleaved_threads_leave_nothing_set():
     seen = {}
 
     def a():
-        with lk.fast_writes():
+        with storage.fast_writes():
             a_in.set()
             b_in.wait(5)
         a_out.set()
 
     def b():
         a_in.wait(5)
-        with lk.fast_writes():
+        with storage.fast_writes():
             b_in.set()
             a_out.wait(5)
             seen["b_inside_after_a_left"] = zarr.config.get(key)
@@ -310,15 +310,15 @@ def test_band_stats_are_the_sampled_statistics_of_the_raw_files(lake, raw_tree):
 def test_open_array_reuses_an_unchanged_array_and_reopens_a_changed_one(tmp_path):
     lake = str(tmp_path / "l.zarr")
     root = zarr.open_group(lake, mode="w")
-    root.create_array("a", shape=(4, 3), chunks=(2, 3), dtype="uint8", compressors=lk.compressors("zstd"))
-    first = lk.open_array(root, lake, "a")
-    assert lk.open_array(root, lake, "a") is first  # unchanged: the same object
+    root.create_array("a", shape=(4, 3), chunks=(2, 3), dtype="uint8", compressors=storage.compressors("zstd"))
+    first = storage.open_array(root, lake, "a")
+    assert storage.open_array(root, lake, "a") is first  # unchanged: the same object
     first.resize((8, 3))
-    grown = lk.open_array(root, lake, "a")
+    grown = storage.open_array(root, lake, "a")
     assert grown is not first and grown.shape == (8, 3)  # resized: opened again
     del root["a"]
-    root.create_array("a", shape=(8, 3), chunks=(2, 3), dtype="uint8", compressors=lk.compressors("lz4"))
-    again = lk.open_array(root, lake, "a")
+    root.create_array("a", shape=(8, 3), chunks=(2, 3), dtype="uint8", compressors=storage.compressors("lz4"))
+    again = storage.open_array(root, lake, "a")
     assert again.compressors == zarr.open_array(lake + "/a", mode="r").compressors  # recreated: its own codec
-    with lk.fast_writes():
-        assert lk.open_array(root, lake, "a") is not again  # other zarr settings: another array object
+    with storage.fast_writes():
+        assert storage.open_array(root, lake, "a") is not again  # other zarr settings: another array object

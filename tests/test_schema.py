@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake.raw import names
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "lake-format.md"
@@ -95,13 +95,13 @@ def test_a_lake_holds_what_is_declared(lake):
     layouts = schema.lake_arrays(p, s)
     assert sorted(layouts) == sorted(name for name, _ in root.arrays())
     for name, layout in layouts.items():
-        _assert_stored_as(root[name], layout, n, lk.role_compressors(layout, codec, IngestConfig.zstd_level))
+        _assert_stored_as(root[name], layout, n, storage.role_compressors(layout, codec, IngestConfig.zstd_level))
     areas = list(root[schema.SENTINEL_GROUP].groups())
     assert areas
     for _, g in areas:
         t, _, h, w = g["data"].shape
         for name, layout in schema.sentinel_arrays(t, h, w).items():
-            comps = lk.role_compressors(layout, IngestConfig.sentinel_codec, IngestConfig.zstd_level)
+            comps = storage.role_compressors(layout, IngestConfig.sentinel_codec, IngestConfig.zstd_level)
             _assert_stored_as(g[name], layout, t, comps)
 
 
@@ -117,16 +117,16 @@ def test_a_view_holds_what_is_declared(monthly_lake):
                                  params["monthly"], reducer=params["reducer"])
     assert sorted(layouts) == sorted(n for n, _ in vg.arrays())
     for layout in layouts.values():
-        comps = lk.role_compressors(layout, params["codec"], MONTHLY_LEVEL)
+        comps = storage.role_compressors(layout, params["codec"], MONTHLY_LEVEL)
         _assert_stored_as(vg[layout.name], layout, lk.n_rows(root), comps)
 
 
 def test_create_kwargs_leave_out_shards_of_unsharded_arrays():
     layouts = schema.lake_arrays(32, 4)
-    kw = lk.create_kwargs(layouts["aerial"], 0, ())
+    kw = storage.create_kwargs(layouts["aerial"], 0, ())
     assert kw["shape"] == (0, 5, 32, 32) and kw["chunks"] == (1, 5, 32, 32) and kw["shards"] == (4, 5, 32, 32)
-    assert "shards" not in lk.create_kwargs(layouts["patch_id"], 0, ())
-    assert lk.create_kwargs(layouts["status"], 3, ())["attributes"]["flag_values"] == [0, 1, 2]
+    assert "shards" not in storage.create_kwargs(layouts["patch_id"], 0, ())
+    assert storage.create_kwargs(layouts["status"], 3, ())["attributes"]["flag_values"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("pid", [0, 1, 123, 40001, 999999, 1234567])

@@ -138,7 +138,7 @@ def test_same_seed_is_byte_identical(tmp_path):
 
 
 def test_look_alike_classes_differ_only_in_time():
-    from flair_lake.synth import _LOOK
+    from flair_lake.synth.aerial import _LOOK
 
     assert _LOOK[10] == _LOOK[11]  # agricultural land and herbaceous vegetation: same aerial appearance
     doy = np.arange(1, 366, dtype=np.float32)

@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.loader import LakeDataset, collate
 
@@ -36,7 +36,7 @@ def test_the_guard_follows_the_version_and_the_environment(monkeypatch):
     monkeypatch.delenv(zc.INTERNALS_ENV, raising=False)
     assert zc.internals_supported() == (zarr.__version__ in zc.ZARR_CHECKED)
     with zc.internals_forced(False):
-        assert not zc.internals_supported() and not zc.zarrs_supported() and not lk.zarrs_available()
+        assert not zc.internals_supported() and not zc.zarrs_supported() and not storage.zarrs_available()
     with zc.internals_forced(True):
         assert zc.internals_supported()
     assert zc.INTERNALS_ENV not in os.environ  # restored
@@ -52,8 +52,8 @@ def test_lake_helpers_give_the_same_lake_either_way(tmp_path):
         with zc.internals_forced(mode):
             root = lk.create_lake(path, lk.Layout(patch_size=16, patches_per_shard=4))
             lk.grow(root, 10)
-            lk.write_arrays([("patch_id", cols["patch_id"]), (root["split"], cols["split"])], slice(0, 10), root)
-            got = lk.read_arrays(root, ("patch_id", "split", "status"))
+            storage.write_arrays([("patch_id", cols["patch_id"]), (root["split"], cols["split"])], slice(0, 10), root)
+            got = storage.read_arrays(root, ("patch_id", "split", "status"))
         assert np.array_equal(got["patch_id"], cols["patch_id"]) and np.array_equal(got["split"], cols["split"])
         assert np.array_equal(got["status"], np.zeros(10, np.uint8))
         lakes[mode] = _files(path)
@@ -111,7 +111,7 @@ def test_ingest_and_filter_write_the_same_lake_without_internals(raw_tree, month
                 assert _clean(doc) == _clean(json.loads(b)), name
                 continue
         written_whole = name.split("/")[0] in ("aerial", "label") or "/monthly/" in name
-        if p.name == "zarr.json" or written_whole or not lk.zarrs_available():
+        if p.name == "zarr.json" or written_whole or not storage.zarrs_available():
             assert a == b, name
     root_a, root_b = zarr.open_group(monthly_lake, mode="r"), zarr.open_group(path, mode="r")
     groups = [""] + [f"{top}/{sub}" for top in (schema.SENTINEL_GROUP, schema.VIEWS_GROUP)
@@ -144,6 +144,6 @@ def test_the_table_reads_the_same_either_way(lake):
     table = [n for n in names if n not in ("aerial", "label")]
     for enabled in (True, False):
         with zc.internals_forced(enabled):
-            got = lk.read_arrays(root, table)
+            got = storage.read_arrays(root, table)
         for n in table:
             np.testing.assert_array_equal(got[n], root[n][:], err_msg=n)

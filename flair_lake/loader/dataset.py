@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.errors import UsageError
 from flair_lake.stages.metadata import encode_metadata
@@ -67,7 +67,7 @@ class LakeDataset(torch.utils.data.Dataset):
         root = lk.open_lake(lake, storage_options=storage_options)
         self.compact = compact
         # zarrs reads local stores; object-store URLs go through fsspec and zarr-python's pipeline
-        self.use_zarrs = (lk.zarrs_available() and not lk.is_url(lake)) if use_zarrs is None else use_zarrs
+        self.use_zarrs = (storage.zarrs_available() and not storage.is_url(lake)) if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
         self.view = lk.resolve_view(root, lake, view, complete=True)
         self.rows = select_rows(root, split)
@@ -79,7 +79,7 @@ class LakeDataset(torch.utils.data.Dataset):
             if self.view else schema.S2_WINDOW
         cams = np.array(["UCE" in c for c in root.attrs["cameras"]] or [False])
         r = self.rows
-        cols = lk.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
+        cols = storage.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
                                      "camera", "zone", "s2_row", "s2_col", "has_label"))
         self.patch_ids = cols["patch_id"][r].astype(np.int64)
         self.mtd = encode_metadata(cols["centroid_x"][r], cols["centroid_y"][r], cols["centroid_z"][r],

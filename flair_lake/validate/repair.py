@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.validate.checks import Checker
 from flair_lake.validate.report import ValidationReport, filter_command, storage_flags
@@ -119,7 +119,7 @@ def _next_commands(c: Checker, view_shards, storage_options: dict | None) -> Non
             raws.setdefault(r.get("raw", "RAW"), r.get("id"))
     for raw, rid in raws.items():
         rep.next_commands.append(f"flair-lake ingest {shlex.quote(raw)} {lake}{flags}")
-        if not lk.is_url(raw) and not Path(raw).exists():
+        if not storage.is_url(raw) and not Path(raw).exists():
             rep.notes.append(f"the raw tree {raw} recorded by run {rid} is not there; restore it first (ingest "
                              "rewrites the shards from the same files)")
     views = [v for v, _ in view_shards] + [a[1] for a in rep.actions if a and a[0] == "filter"]

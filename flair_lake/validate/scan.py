@@ -12,8 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.validate.report import filter_command
 
@@ -108,7 +107,7 @@ def open_store(lake: str, storage_options: dict | None, writable: bool):
     """Return the zarr store of ``lake`` without opening its root group (whose metadata may be unreadable)."""
     import zarr
 
-    if lk.is_url(lake):
+    if storage.is_url(lake):
         return zarr.storage.FsspecStore.from_url(lake, storage_options=storage_options, read_only=not writable)
     return zarr.storage.LocalStore(lake, read_only=not writable)
 
