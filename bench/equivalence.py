@@ -103,8 +103,8 @@ def compare_lakes(a: Path, b: Path) -> list[str]:
             if ja != jb:
                 keys = sorted(k for k in set(ja.get("attributes", {})) | set(jb.get("attributes", {}))
                               if ja.get("attributes", {}).get(k) != jb.get("attributes", {}).get(k))
-                out.append(f"metadata differs: {rel} (attributes {keys or 'equal'}; "
-                           f"other fields {'equal' if {**ja, 'attributes': 0} == {**jb, 'attributes': 0} else 'differ'})")
+                others = "equal" if {**ja, "attributes": 0} == {**jb, "attributes": 0} else "differ"
+                out.append(f"metadata differs: {rel} (attributes {keys or 'equal'}; other fields {others})")
         elif da != db:
             out.append(f"bytes differ: {rel} ({len(da)} vs {len(db)} bytes)")
     return out

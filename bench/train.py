@@ -11,6 +11,7 @@ lake loader and prints loader-fed / in-memory throughput. On CPU it runs fp32 on
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def main() -> None:
             fixed = batch_of(b, args.size, device)
             if amp == "bf16":
                 fixed["aerial"] = fixed["aerial"].contiguous(memory_format=torch.channels_last)
-            mem = steps_per_s(model, opt, loss_fn, iter(lambda: fixed, None), device, amp, args.steps)
+            mem = steps_per_s(model, opt, loss_fn, itertools.repeat(fixed), device, amp, args.steps)
             line = f"{args.model} batch {b} {amp}: {mem:.1f} samples/s (in-memory tensors)"
             anchor = ANCHORS.get((b, amp))
             if device.type == "cuda" and anchor and args.size == 512 and args.model == "utt":
@@ -98,11 +99,12 @@ def main() -> None:
                 loader = make_loader(args.lake, split="all", batch_size=b, num_workers=args.workers, drop_last=True)
                 tf = BatchTransform({}, channels_last=amp == "bf16")
 
-                def fed():
+                def fed(loader, tf):
                     while True:
                         for raw in loader:
                             yield tf(raw, device)
-                lake_rate = steps_per_s(model, opt, loss_fn, fed(), device, amp, args.steps)
+
+                lake_rate = steps_per_s(model, opt, loss_fn, fed(loader, tf), device, amp, args.steps)
                 line += f"; lake-fed {lake_rate:.1f} samples/s = {lake_rate / mem:.2f} of in-memory"
             print(line, flush=True)
 

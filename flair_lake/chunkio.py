@@ -10,9 +10,10 @@ the shard copied again for O_DIRECT); on the 2-core development machine a first 
 - :func:`write_shard` encodes each inner chunk with the array's own codec (the numcodecs codec zarr calls) into
   one page-aligned buffer kept by the thread, appends the shard index and its CRC32C exactly as the sharding
   codec lays them out (``index_location='end'``), and writes the file once (O_DIRECT where the filesystem takes
-  it), its front by a writer thread while the rest still encodes: a cube shard 53 -> 31 ms.
-- :func:`iter_blocks` decodes each chunk file straight into one buffer reused for the whole series: the
-  filter's composite phase 0.33 -> 0.27 worker-s for the 512-patch benchmark tree.
+  it), its front by a writer thread while the rest still encodes: 31 ms for a cube shard that zarrs writes in
+  53 ms (docs/benchmarks.md).
+- :func:`iter_blocks` decodes each chunk file straight into one buffer reused for the whole series (the
+  filter's composite phase takes a fifth less time than through zarrs).
 
 Both take only the layouts they know: bytes and at most one Blosc or Zstd, unsharded (reading) or sharded with a
 (bytes, crc32c) index at the end (writing); chunks split along the first axis only; a local store; a

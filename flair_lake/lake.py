@@ -30,8 +30,13 @@ import zarr
 from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
-from flair_lake.errors import (CorruptMetadataError, FlairLakeError, LakeNotFoundError, LakeStateError,
-                               TargetNotWritableError)
+from flair_lake.errors import (
+    CorruptMetadataError,
+    FlairLakeError,
+    LakeNotFoundError,
+    LakeStateError,
+    TargetNotWritableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +224,7 @@ def intern(root: zarr.Group, key: str, values: list[str]) -> dict[str, int]:
 
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 (seconds)."""
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def update_run(root: zarr.Group, run_id: str, **fields: Any) -> None:

@@ -50,7 +50,8 @@ NUM_RAW_CLASSES = 19
 NUM_CLASSES = 13  # training classes: raw 1..12 -> 0..11, raw >= 13 -> 12 ('other')
 OTHER_CLASS = 12
 CLASS_NAMES = tuple(RAW_CLASSES[c][0] for c in range(1, 13)) + ("other",)
-# Official metric: mIoU over the first 12 classes, 'other' stays in the confusion matrix (docs/baseline.md, "Official metric").
+# Official metric: mIoU over the first 12 classes, 'other' stays in the confusion matrix
+# (docs/baseline.md, "Official metric").
 METRIC_CLASSES = 12
 
 

@@ -19,8 +19,8 @@ WORKER_ENV = {"BLOSC_NTHREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREA
 
 # glibc in workers: distributed's default MALLOC_TRIM_THRESHOLD_ of 64 KiB also freezes the mmap threshold at
 # 128 KiB, so every array a shard task allocates is a fresh mmap that is page-faulted in again; keeping freed
-# memory took filter --monthly from 347 to 570 patches/s on 2 cores (README). Start external workers with
-# these variables set too.
+# memory took filter --monthly from 347 to ~500 patches/s on 2 cores (docs/benchmarks.md). Start external
+# workers with these variables set too.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
 

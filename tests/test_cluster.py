@@ -77,6 +77,7 @@ def small_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_real_cluster_gives_the_same_lake_and_survives_a_killed_worker(cluster, small_tree, tmp_path):
     address, workers = cluster
     local = str(tmp_path / "local.zarr")

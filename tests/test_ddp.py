@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +44,7 @@ def test_ranks_read_disjoint_samples_and_reshuffle(ddp_lake, tmp_path):
     assert epochs[0][0] != epochs[0][1]  # reshuffled by set_epoch
 
 
+@pytest.mark.slow
 def test_torchrun_fit_writes_from_rank_zero_and_learns(ddp_lake, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",

@@ -29,7 +29,10 @@ def lake_copy(lake, tmp_path):
 
 
 def _baseline_reference(raw_tree: Path, pid: int, domain: str, zone: str, row: int, col: int):
-    """The released baseline's per-sample loops, as docs/baseline.md describes them ("Cloud and snow filter", "Monthly composites")."""
+    """The released baseline's per-sample loops, as docs/baseline.md describes them.
+
+    See its sections "Cloud and snow filter" and "Monthly composites".
+    """
     sen = next(raw_tree.glob(f"*/{domain}/{zone}/sen"))
     stem = names.sentinel_stem(domain, zone)
     sp = np.load(sen / f"{stem}_data.npy", mmap_mode="r")[:, :, row - 20:row + 20, col - 20:col + 20]
@@ -249,7 +252,8 @@ def test_validate_rebuilds_a_view_with_its_cube_codec():
     assert filter_flags("mine", dataclasses.asdict(cfg)).endswith("--codec none --name mine")
     # params this version cannot read: the view is rebuilt under its name with the default parameters
     assert filter_flags("old", {"cloud": 1}) == "--name old --overwrite"
-    assert filter_command("l.zarr", "old", {"cloud": 1}, overwrite=True) == "flair-lake filter l.zarr --name old --overwrite"
+    rebuild = filter_command("l.zarr", "old", {"cloud": 1}, overwrite=True)
+    assert rebuild == "flair-lake filter l.zarr --name old --overwrite"
 
 
 def test_validate_rebuild_commands_parse_back_to_the_view_config(lake_copy):

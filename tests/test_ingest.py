@@ -119,6 +119,7 @@ def medium_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_lake(medium_tree, tmp_path):
     reference = str(tmp_path / "ref.zarr")
     assert ingest(medium_tree, reference, IngestConfig(workers=1, patches_per_shard=4)).exit_code == 0

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +406,19 @@ def test_a_redownloaded_file_lands_on_the_next_ingest(tmp_path):
     assert_landed(lake, images(raw), labels(raw))
     res = run_ingest(raw, lake)  # nothing changed since: nothing is rewritten
     assert res.exit_code == 0 and "shards written 0" in res.output and "nothing new" in res.output, res.output
+
+
+def test_two_images_of_one_id_in_one_part_are_a_problem(raw_tree, tmp_path):
+    from flair_lake.raw.discover import discover
+
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_tree, raw)
+    images = sorted(raw.glob("flair_aerial_train/D*/Z*/img/IMG_*.tif"))
+    first = images[0]
+    other_zone = next(p.parent for p in images if p.parents[1] != first.parents[1])
+    copy = other_zone / first.name
+    shutil.copy(first, copy)
+    tree = discover(raw)
+    pid = names.parse_id(first.name)
+    assert tree.patches[pid].image == min(first, copy)
+    assert "ids must be unique" in tree.problems[pid] and str(max(first, copy)) in tree.problems[pid]

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from flair_lake import lake as lk  # noqa: E402
 from flair_lake.cli import main  # noqa: E402
 from flair_lake.config import TrainConfig  # noqa: E402
 from flair_lake.loader import LakeDataset  # noqa: E402
@@ -63,19 +64,23 @@ def s3():
                 os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_the_whole_path_on_an_object_store(s3, raw_tree, lake, tmp_path):
     url = "s3://flair/lake.zarr"
     runner = CliRunner()
     res = runner.invoke(main, ["ingest", str(raw_tree), url, "--workers", "1"])
     assert res.exit_code == 0, res.output
+    # the coordinator sees what the workers wrote (no stale listing): both kinds of band statistics are there
+    assert set(lk.open_lake(url).attrs["band_stats"]) == {"aerial", "sentinel"}
     res = runner.invoke(main, ["filter", url, "--monthly", "--workers", "1"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["info", url])
     assert res.exit_code == 0 and "patches: 32 ingested" in res.output
     # the loader reads the same samples from the object store as from the local lake
-    from pipelines.filter import run_filter
-    from flair_lake.config import FilterConfig
     import shutil
+
+    from flair_lake.config import FilterConfig
+    from pipelines.filter import run_filter
 
     local = str(tmp_path / "local.zarr")
     shutil.copytree(lake, local)
@@ -106,6 +111,7 @@ def test_object_store_errors(s3, raw_tree, monkeypatch):
     assert res.exit_code == 1 and "cannot reach the object store" in res.output and time.time() - t0 < 60
 
 
+@pytest.mark.slow
 def test_a_dead_endpoint_is_one_line_from_the_real_command(tmp_path):
     # the pending reads a dead store leaves behind must not print their own tracebacks at exit
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_ACCESS_KEY_ID": "k",

@@ -26,6 +26,7 @@ def train_lake(monthly_lake):
     return monthly_lake
 
 
+@pytest.mark.slow
 def test_fit_resume_and_evaluate(train_lake, tmp_path):
     torch.set_num_threads(2)
     out = tmp_path / "run"
@@ -65,6 +66,7 @@ def test_fit_resume_and_evaluate(train_lake, tmp_path):
         assert src.read(1).max() <= 12
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_resume_reproduces_the_next_epoch(train_lake, tmp_path):
     torch.set_num_threads(2)
     base = dict(lake=train_lake, model="unet", batch_size=4, workers=0, lr=3e-3, optimizer="adamw",

@@ -24,8 +24,6 @@ initialisation), ``baseline_quirks`` (U-T&T: collapsed fusion from batch element
 
 from __future__ import annotations
 
-from flair_lake.models import _compat  # noqa: F401  (before anything imports smp/torchvision)
-
 import inspect
 from collections.abc import Callable
 from functools import partial
@@ -33,6 +31,7 @@ from functools import partial
 from torch import nn
 
 from flair_lake.errors import UsageError
+from flair_lake.models import _compat  # noqa: F401  (before anything imports smp/torchvision)
 from flair_lake.models.fusion import Fusion
 from flair_lake.models.utae import UTAE
 from flair_lake.models.utt import UTT, AerialBranch, SatelliteHead, UNet, UTAEClassifier, load_encoder_weights

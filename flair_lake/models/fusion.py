@@ -7,10 +7,10 @@ For each fused encoder stage of width C and size H x W, two terms are added to t
 - **collapsed**: the spatial mean of the whole U-TAE map (40 x 40 = 400 m of context), a 3-layer MLP to C,
   broadcast over H x W.
 
-Differences from the released code (docs/baseline.md, "Fusion module" and "Defects fixed by default"): the collapsed term is computed per
-sample (the release uses batch element 0's map for the whole batch; ``baseline_quirks=True`` reproduces that),
-it is broadcast rather than materialised with ``.repeat``, and stages the decoder never reads (stage 0, the
-raw input image, for U-Net) get no fusion module at all.
+Differences from the released code (docs/baseline.md, "Fusion module" and "Defects fixed by default"): the
+collapsed term is computed per sample (the release uses batch element 0's map for the whole batch;
+``baseline_quirks=True`` reproduces that), it is broadcast rather than materialised with ``.repeat``, and stages
+the decoder never reads (stage 0, the raw input image, for U-Net) get no fusion module at all.
 """
 
 from __future__ import annotations

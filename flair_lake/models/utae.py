@@ -86,7 +86,8 @@ class MaskedGroupNorm(nn.Module):
     """GroupNorm over (channels of a group x valid dates), per sample and pixel; padded dates come out as 0.
 
     The released L-TAE normalises over all T steps, zero padding included, which makes a sample's features
-    depend on the batch's longest series (docs/baseline.md, "Defects fixed by default"). Here the statistics use valid dates only.
+    depend on the batch's longest series (docs/baseline.md, "Defects fixed by default"). Here the statistics use
+    valid dates only.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5) -> None:

@@ -117,9 +117,8 @@ def discover(root: str | Path, *, metadata_path: str | Path | None = None,
     side = _read_side_data(root, metadata_path, centroids_path)
     tree = RawTree(root=root)
     for aer_dir, lab_dir, sen_dir in parts:
-        images = {names.parse_id(p.name): p for p in aer_dir.glob("D*/Z*/img/IMG_*.tif")}
+        images = _images_by_id(tree, aer_dir)
         labels = {names.parse_id(p.name, names.MSK_RE): p for p in lab_dir.glob("D*/Z*/msk/MSK_*.tif")}
-        images.pop(None, None)
         labels.pop(None, None)
         for pid in sorted(set(labels) - set(images)):
             tree.problems[pid] = f"{labels[pid]}: label without image {names.img_name(pid)}; add the image"
@@ -214,6 +213,20 @@ def _add_areas(tree: RawTree, aer_dir: Path, sen_dir: Path) -> None:
         else:
             tree.area_shapes[area.name] = shape
             tree.raw_bytes += sum(f.stat().st_size for f in (area.data, area.masks, area.products))
+
+
+def _images_by_id(tree: RawTree, aer_dir: Path) -> dict[int, Path]:
+    """Return the images of one part by patch id; a second image of an id (in another zone) is a problem."""
+    images: dict[int, Path] = {}
+    for path in sorted(aer_dir.glob("D*/Z*/img/IMG_*.tif")):
+        pid = names.parse_id(path.name)
+        if pid is None:
+            continue
+        if pid in images:
+            tree.problems[pid] = f"{path}: id {pid} already seen at {images[pid]}; ids must be unique"
+            continue
+        images[pid] = path
+    return images
 
 
 def _add_patch(tree: RawTree, pid: int, img: Path, labels: dict[int, Path], lab_dir: Path | None,

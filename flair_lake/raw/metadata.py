@@ -1,4 +1,7 @@
-"""Readers of the two JSON side files: aerial metadata and Sentinel centroids (docs/raw-format.md, "Centroids file", "Aerial metadata file")."""
+"""Readers of the two JSON side files: aerial metadata and Sentinel centroids.
+
+Their formats are in docs/raw-format.md ("Centroids file", "Aerial metadata file").
+"""
 
 from __future__ import annotations
 

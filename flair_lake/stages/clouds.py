@@ -2,8 +2,8 @@
 
 A pixel is *covered* when its snow or cloud probability (%) is at least ``min_prob``. ``combine='union'``
 counts a pixel flagged as both once; ``combine='sum'`` counts it twice, as the released baseline does
-(docs/baseline.md, "Cloud and snow filter"), so its cover can exceed 1. A date is kept when its covered fraction of the window is
-strictly below ``max_cover``.
+(docs/baseline.md, "Cloud and snow filter"), so its cover can exceed 1. A date is kept when its covered
+fraction of the window is strictly below ``max_cover``.
 """
 
 from __future__ import annotations

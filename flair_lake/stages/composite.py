@@ -24,8 +24,8 @@ def month_day_offsets(year: int) -> np.ndarray:
     """Return (12,) int16 day offsets of each month for the U-TAE positional encoding.
 
     The offset of month m is ``(15 May - 15 m).days`` in ``year``: positive before mid-May, 0 in May, negative
-    after (Jan 120 ... Dec -214), the released baseline's convention (docs/baseline.md, "Monthly composites") with the real
-    year instead of a forced 2021.
+    after (Jan 120 ... Dec -214), the released baseline's convention (docs/baseline.md, "Monthly composites")
+    with the real year instead of a forced 2021.
     """
     ref = dt.date(year, 5, 15)
     return np.array([(ref - dt.date(year, m, 15)).days for m in range(1, 13)], np.int16)

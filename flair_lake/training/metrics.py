@@ -28,7 +28,7 @@ class ConfusionMatrix:
         t, p = target[valid].long(), pred[valid].long()
         self.matrix += torch.bincount(t * self.n + p, minlength=self.n * self.n).view(self.n, self.n)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix (e.g. from another rank)."""
         self.matrix += other.matrix.to(self.matrix.device)
 
