@@ -2,6 +2,7 @@
 # End-to-end demo on built-in synthetic data: the exact commands a user types, in one folder.
 # Usage: bash demo.sh [FOLDER]   (default: ./demo)
 set -euo pipefail
+unset FLAIR_LAKE  # the commands below that name no lake use ./lake.zarr, the one just ingested
 DIR=${1:-demo}
 mkdir -p "$DIR"
 cd "$DIR"

@@ -153,7 +153,8 @@ class FilterConfig:
         if not 0.0 <= self.max_cover <= 1.0:
             raise UsageError(f"--cloud is a fraction of the window and must be in [0, 1], got {self.max_cover}")
         if not 0.0 <= self.min_prob <= 101.0:
-            raise UsageError(f"--prob is a probability in percent and must be in [0, 100], got {self.min_prob}")
+            raise UsageError(f"--prob is a probability in percent and must be in [0, 100] (101: no pixel is ever "
+                             f"covered), got {self.min_prob}")
         if self.combine not in COMBINE_RULES:
             raise UsageError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
         if self.reducer not in REDUCERS:

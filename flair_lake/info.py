@@ -41,8 +41,8 @@ def describe(lake: str, *, storage_options: dict | None = None) -> dict:
     """Return a JSON-able report of ``lake``."""
     root = lk.open_lake(lake, storage_options=storage_options)
     attrs = root.attrs.asdict()
-    status = root[lk.STATUS_ARRAY][:]
-    ok = status == lk.STATUS_OK
+    status = root[schema.STATUS_ARRAY][:]
+    ok = status == schema.STATUS_OK
     domains = np.asarray(attrs["domains"] or [""])
     dom = root["domain"][:][ok]
     split = root["split"][:][ok]
@@ -80,7 +80,7 @@ def describe(lake: str, *, storage_options: dict | None = None) -> dict:
         + s2_stored
     return {
         "lake": lake, "schema_version": attrs["schema_version"], "patch_size": attrs["patch_size"],
-        "patches": int(ok.sum()), "quarantined": int((status == lk.STATUS_QUARANTINED).sum()),
+        "patches": int(ok.sum()), "quarantined": int((status == schema.STATUS_QUARANTINED).sum()),
         "per_split": dict(sorted(per_split.items())), "per_domain": dict(sorted(per_domain.items())),
         "areas": len(areas), "sentinel_dates": int(sum(a["dates"] for a in areas)),
         "arrays": arrays, "stored_bytes": stored_total, "raw_bytes": raw_bytes,

@@ -41,10 +41,6 @@ from flair_lake.errors import (
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "flair-lake"
-STATUS_EMPTY, STATUS_OK, STATUS_QUARANTINED = 0, 1, 2
-STATUS_ARRAY = "status"
-TASK_WRITTEN = tuple(n for n in schema.SHARD_CHUNKED if n != STATUS_ARRAY)  # columns read from the GeoTIFFs
-SHARD_TASK_ARRAYS = ("aerial", "label", *TASK_WRITTEN, STATUS_ARRAY)  # everything one ingest shard task writes
 
 
 class StoreUnreachableError(FlairLakeError, ConnectionError):
@@ -241,7 +237,7 @@ def update_run(root: zarr.Group, run_id: str, **fields: Any) -> None:
 
 def valid_rows(root: zarr.Group) -> np.ndarray:
     """Return the indices of ingested (status 1) rows."""
-    return np.flatnonzero(root[STATUS_ARRAY][:] == STATUS_OK)
+    return np.flatnonzero(root[schema.STATUS_ARRAY][:] == schema.STATUS_OK)
 
 
 def marker_name(shard: int) -> str:

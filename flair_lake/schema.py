@@ -139,6 +139,10 @@ TRANSFORM = ArraySpec("transform", ("affine",), "float64", np.nan,
                       "GDAL geotransform (c, a, b, f, d, e): x origin, pixel width, 0, y origin, 0, -pixel height; "
                       "affine.Affine.from_gdal(*t)")
 SHARD_CHUNKED = ("transform", "crs_epsg", "status")  # columns the ingest shard tasks write: chunked by shard
+STATUS_ARRAY = "status"  # per row: STATUS_EMPTY (no data yet), STATUS_OK (landed), STATUS_QUARANTINED
+STATUS_EMPTY, STATUS_OK, STATUS_QUARANTINED = 0, 1, 2
+TASK_WRITTEN = tuple(n for n in SHARD_CHUNKED if n != STATUS_ARRAY)  # columns read from the GeoTIFFs
+SHARD_TASK_ARRAYS = ("aerial", "label", *TASK_WRITTEN, STATUS_ARRAY)  # everything one ingest shard task writes
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def lake_arrays(patch_size: int, patches_per_shard: int) -> dict[str, ArrayLayou
         rows = s if spec.name in SHARD_CHUNKED else TABLE_CHUNK_ROWS
         out[spec.name] = ArrayLayout(spec.name, (PATCH_DIM, *spec.dims), spec.dtype, trailing, rows, None, "table",
                                      spec.fill_value, spec.description, extra)
-    out["status"] = ArrayLayout("status", (PATCH_DIM,), "uint8", (), s, None, "table", 0,
+    out[STATUS_ARRAY] = ArrayLayout(STATUS_ARRAY, (PATCH_DIM,), "uint8", (), s, None, "table", 0,
                                 "0 empty or pending, 1 ingested, 2 quarantined",
                                 (("flag_values", (0, 1, 2)), ("flag_meanings", "empty ingested quarantined")))
     return out

@@ -43,7 +43,7 @@ from flair_lake.cli import (
 @handle_errors
 def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path,
            centroids_path, storage_options):
-    """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default ./lake.zarr).
+    """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default $FLAIR_LAKE or ./lake.zarr).
 
     \b
     Exit codes: 0 everything landed; 3 partial (some patches quarantined, the rest landed);

@@ -74,7 +74,7 @@ def _filter_shard(task: FilterTask) -> dict:
     a, b = task.rows
     n, w, half = b - a, task.window, task.window // 2
     coords = task.coords or {k: root[k][a:b] for k in COORDS}
-    status, zone, year = coords[lk.STATUS_ARRAY], coords["zone"], coords["year"]
+    status, zone, year = coords[schema.STATUS_ARRAY], coords["zone"], coords["year"]
     origins = np.stack([coords["s2_row"] - half, coords["s2_col"] - half], axis=1)
     cover = np.zeros((n, task.t_max), np.float32)
     keep = np.zeros((n, task.t_max), bool)
@@ -84,7 +84,7 @@ def _filter_shard(task: FilterTask) -> dict:
     counts = np.zeros((n, MONTHS), np.uint8)
     days = np.zeros((n, MONTHS), np.int16)
     areas = root.attrs["areas"]
-    ok = status == lk.STATUS_OK
+    ok = status == schema.STATUS_OK
     for area_code in np.unique(zone[ok]):
         t0 = time.perf_counter()
         area = f"{schema.SENTINEL_GROUP}/{areas[int(area_code)]}"
@@ -222,7 +222,7 @@ def record_report(root, plan: FilterPlan, state: FilterState, results: list[dict
     """
     every_shard = summary.shards_skipped == 0 and len(results) == len(plan.tasks) and bool(plan.tasks)
     report = build_report(root, plan.view, state.coords, results if every_shard else None)
-    summary.patches = int((state.coords[lk.STATUS_ARRAY] == lk.STATUS_OK).sum())
+    summary.patches = int((state.coords[schema.STATUS_ARRAY] == schema.STATUS_OK).sum())
     summary.seconds = time.perf_counter() - t0
     summary.report = report
     root[f"{schema.VIEWS_GROUP}/{plan.view}"].attrs.update({"complete": True, "rows": state.n, "report": report,
@@ -254,11 +254,11 @@ def build_report(root, name: str, coords: dict | None = None, results: list[dict
     path = f"{schema.VIEWS_GROUP}/{name}"
     vg = root[path]
     monthly = "month_count" in vg
-    need = [k for k in (lk.STATUS_ARRAY, "patch_id", "domain") if coords is None or k not in coords]
+    need = [k for k in (schema.STATUS_ARRAY, "patch_id", "domain") if coords is None or k not in coords]
     if results is None:
         need += [f"{path}/keep", f"{path}/n_dates"] + ([f"{path}/month_count"] if monthly else [])
     cols = {**(coords or {}), **storage.read_arrays(root, need)}
-    n = cols[lk.STATUS_ARRAY].shape[0]
+    n = cols[schema.STATUS_ARRAY].shape[0]
     if results is None:
         kept, n_dates = cols[f"{path}/keep"].sum(1), cols[f"{path}/n_dates"]
         clear_months = (cols[f"{path}/month_count"] > 0).sum(1) if monthly else None
@@ -270,7 +270,7 @@ def build_report(root, name: str, coords: dict | None = None, results: list[dict
             kept[a:b], n_dates[a:b] = r["columns"]["kept"], r["columns"]["n_dates"]
             if monthly:
                 clear_months[a:b] = r["columns"]["clear_months"]
-    ok = cols[lk.STATUS_ARRAY] == lk.STATUS_OK
+    ok = cols[schema.STATUS_ARRAY] == schema.STATUS_OK
     kept, n_dates = kept[ok].astype(np.int64), n_dates[ok].astype(np.int64)
     ids, dom = cols["patch_id"][ok], cols["domain"][ok]
     domains = root.attrs["domains"]

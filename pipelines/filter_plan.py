@@ -19,7 +19,7 @@ from flair_lake import schema, storage
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError
 
-COORDS = (lk.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")  # what a task reads of its rows
+COORDS = (schema.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")  # what a task reads of its rows
 REPORT_COORDS = ("patch_id", "domain")  # read with COORDS for the report
 
 
@@ -160,10 +160,10 @@ def _plan_tasks(plan: FilterPlan, state: FilterState, cfg: FilterConfig, lake: s
                 storage_options: dict | None) -> None:
     """One task per patch shard that holds ingested patches and has no marker, largest first."""
     n, per_shard, coords = state.n, state.per_shard, state.coords
-    status = coords[lk.STATUS_ARRAY]
+    status = coords[schema.STATUS_ARRAY]
     for s in range(math.ceil(n / per_shard)):
         a, b = s * per_shard, min((s + 1) * per_shard, n)
-        if not (status[a:b] == lk.STATUS_OK).any():
+        if not (status[a:b] == schema.STATUS_OK).any():
             continue
         if s in finished:
             plan.shards_skipped += 1

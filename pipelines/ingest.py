@@ -1,10 +1,9 @@
 """The ingest pipeline: a raw FLAIR tree into a Zarr lake, one Dask task per output shard.
 
-Reads top to bottom: the tasks, then the coordinator: discover the tree (no pixels) -> open or create the lake
+The coordinator, top to bottom: discover the tree (no pixels) -> open or create the lake
 -> plan (:mod:`pipelines.ingest_plan`: what resumes, what is retried, the rows of the new patches, the tasks;
 nothing written) -> record the runs and write their coordinates -> map the shard and super-area tasks over the
-cluster -> record the outcome (run records, quarantine, band statistics). The tasks are plain functions of their
-own inputs (the lake URL, the rows and files they own); each writes whole shards, then its marker. Re-running
+cluster (:mod:`pipelines.ingest_tasks`) -> record the outcome (run records, quarantine, band statistics). Re-running
 after a kill skips every shard and area whose marker exists and writes the rest: the result is the same lake.
 """
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,24 +20,17 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema, storage
-from flair_lake.chunkio import write_shard
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, RawFormatError
 from flair_lake.raw import names
 from flair_lake.raw.discover import PatchFiles, RawTree, discover
-from flair_lake.raw.readers import read_geotiff, read_sentinel_area
-from pipelines.ingest_plan import AreaTask, IngestPlan, LakeState, ShardTask, plan_ingest
+from pipelines.ingest_plan import IngestPlan, LakeState, plan_ingest
+from pipelines.ingest_tasks import write_area, write_patch_shard
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
-STATS_STEP = 4  # band statistics are sampled every 4th row and column
-# FLAIR's GeoTIFFs are uncompressed and pixel-interleaved: GDAL maps them and copies the pixels straight into the
-# shard buffer, past its block cache (64 aerial patches in 0.097 s, 0.155 s through the cache; compressed files
-# ignore the option).
-# GTIFF_DIRECT_IO is as fast but zero-fills a truncated file without an error; this one reports it.
-GDAL_READ_OPTIONS = {"GTIFF_VIRTUAL_MEM_IO": "YES"}
-_EPOCH, _EPOCH_DT = dt.date(1970, 1, 1), dt.datetime(1970, 1, 1)
+_EPOCH_DT = dt.datetime(1970, 1, 1)
 
 
 @dataclass
@@ -61,6 +52,7 @@ class IngestSummary:
     seconds: float = 0.0
     startup_seconds: float = 0.0  # of ``seconds``, starting a local Dask cluster (0 with --scheduler)
     raw_bytes: int = 0
+    duplicates: list[str] = field(default_factory=list)  # images not ingested: another image has their id
 
     @property
     def exit_code(self) -> int:
@@ -83,104 +75,11 @@ class IngestSummary:
         if self.quarantined:
             out.append(f"quarantined {len(self.quarantined)} patch(es) (exit code {EXIT_PARTIAL}, partial):")
             out += [f"  {names.metadata_key(pid)}: {why}" for pid, why in sorted(self.quarantined.items())]
+        if self.duplicates:
+            out.append(f"ignored {len(self.duplicates)} image(s) whose id an earlier image in path order has "
+                       "(remove or rename them):")
+            out += [f"  {why}" for why in self.duplicates]
         return out
-
-
-# --- tasks (run on Dask workers) --------------------------------------------------------------------------------
-def write_patch_shard(task: ShardTask) -> dict:
-    """Read a shard's GeoTIFFs and write its aerial, label, transform, CRS and status rows, then its marker.
-
-    A patch whose files are unreadable or malformed is written as zeros with status 2 and reported.
-    """
-    import rasterio
-    import zarr
-
-    n, p = len(task.items), task.patch_size
-    aerial, label = _shard_buffers(n, p)
-    transform = np.full((n, 6), np.nan)
-    epsg = np.zeros(n, np.int32)
-    status = np.full(n, lk.STATUS_OK, np.uint8)
-    bad: dict[str, str] = {}
-    with rasterio.Env(**GDAL_READ_OPTIONS):  # one GDAL environment for the whole shard, not one per file
-        _read_items(task.items, p, aerial, label, transform, epsg, status, bad)
-    ok = status == lk.STATUS_OK
-    # normalisation statistics from a 1-in-16 pixel grid: as good for mean and std, 16x cheaper
-    grid = aerial[:, :, ::STATS_STEP, ::STATS_STEP][ok].astype(np.float32)
-    sums = grid.sum(axis=(0, 2, 3), dtype=np.float64)
-    sq = np.square(grid).sum(axis=(0, 2, 3), dtype=np.float64)
-    rows = slice(task.row0, task.row0 + n)
-    # the image shards straight to their files, in zarr's layout (flair_lake.chunkio; O_DIRECT on local lakes);
-    # the small columns encoded in Rust
-    with storage.rust_codecs(task.lake), storage.direct_writes(task.lake), storage.fast_writes():
-        root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
-        direct = storage.direct_io(task.lake)
-        write_shard(root["aerial"], task.shard, aerial, direct=direct)
-        write_shard(root["label"], task.shard, label, direct=direct)
-        root["transform"][rows] = transform
-        root["crs_epsg"][rows] = epsg
-        root[lk.STATUS_ARRAY][rows] = status
-    report = {"rows": [task.row0, task.row0 + n], "bad": bad, "aerial_sum": sums.tolist(),
-              "aerial_sumsq": sq.tolist(), "pixels": int(grid.shape[0] * grid.shape[2] * grid.shape[3])}
-    root.create_group(lk.shard_marker(task.shard), attributes=report, overwrite=True)
-    return {"shard": task.shard, **report}
-
-
-_BUFFERS = threading.local()
-
-
-def _shard_buffers(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (aerial (n,5,p,p), label (n,p,p)) uint8 buffers kept by this worker thread between shard tasks.
-
-    Every row is overwritten by the task (read, or zeroed when bad or unlabelled). A fresh 100 MB buffer per
-    task is a fresh mmap whose pages the kernel must fault in and zero again (measured: 5% of the ingest's CPU
-    in ``clear_page`` on the 2-core machine); a kept one is already mapped.
-    """
-    buf = getattr(_BUFFERS, "arrays", None)
-    if buf is None or buf[0].shape[0] < n or buf[0].shape[2] != p:
-        buf = _BUFFERS.arrays = (np.empty((n, 5, p, p), np.uint8), np.empty((n, p, p), np.uint8))
-    return buf[0][:n], buf[1][:n]
-
-
-def _read_items(items, p, aerial, label, transform, epsg, status, bad) -> None:
-    """Fill the shard buffers from the GeoTIFFs; a bad patch is zeroed, flagged 2 and reported."""
-    for i, (pid, img, msk) in enumerate(items):
-        try:
-            _, gt, epsg[i] = read_geotiff(Path(img), bands=5, size=p, out=aerial[i])
-            if msk is not None:
-                read_geotiff(Path(msk), bands=1, size=p, out=label[i])
-            else:
-                label[i] = 0  # an unlabelled split: the label rows hold zeros
-            transform[i] = gt
-        except RawFormatError as exc:
-            aerial[i], label[i], status[i] = 0, 0, lk.STATUS_QUARANTINED
-            bad[str(pid)] = str(exc)
-
-
-def write_area(task: AreaTask) -> dict:
-    """Copy a super-area triple into the lake (read once), then mark the group complete."""
-    import zarr
-
-    data, masks, products, dates = read_sentinel_area(task.area.data, task.area.masks, task.area.products)
-    t, _, h, w = data.shape
-    root = zarr.open_group(store=task.lake, mode="r+", storage_options=task.storage_options)
-    g = root.require_group(f"{schema.SENTINEL_GROUP}/{task.area.name}")
-    days = np.array([(d - _EPOCH).days for d in dates], np.int32)
-    values = {"data": data, "masks": masks, "dates": days}
-    with storage.rust_codecs(task.lake), storage.direct_writes(task.lake), storage.fast_writes():
-        for name, layout in schema.sentinel_arrays(t, h, w).items():
-            kw = storage.create_kwargs(layout, t, storage.role_compressors(layout, task.codec, task.level))
-            g.create_array(name, overwrite=True, **kw)[...] = values[name]
-    # Sentinel normalisation statistics over the clear pixels of a 1-in-16 grid, as for the aerial bands (a 1-in-4
-    # grid cost a fifth of the task in float temporaries, for the same mean and std to 3 digits)
-    sub = data[:, :, ::STATS_STEP, ::STATS_STEP].astype(np.float32)
-    clear = (masks[:, :, ::STATS_STEP, ::STATS_STEP].max(axis=1) < 60)[:, None]
-    vals = np.where(clear, sub, np.float32(0))
-    g.attrs.update({"domain": task.area.domain, "zone": task.area.zone, "products": products,
-                    "bands": list(schema.S2_BANDS), "mask_bands": list(schema.S2_MASK_BANDS),
-                    "clear_sum": vals.sum(axis=(0, 2, 3), dtype=np.float64).tolist(),
-                    "clear_sumsq": np.square(vals).sum(axis=(0, 2, 3), dtype=np.float64).tolist(),
-                    "clear_pixels": int(clear.sum()), "complete": True})
-    return {"area": task.area.name, "dates": t}
 
 
 # --- coordinator ------------------------------------------------------------------------------------------------
@@ -254,7 +153,8 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig | None = None, *,
     plan = plan_ingest(LakeState.read(root), tree, raw, lake, cfg, options=options, storage_options=storage_options)
     summary = IngestSummary(lake=lake, run_id=plan.run_id, raw_bytes=tree.raw_bytes, resumed_runs=len(plan.resumed),
                             retried=sum(len(v) for v in plan.retries.values()), already_present=plan.already_present,
-                            shards_skipped=plan.shards_skipped, areas_skipped=plan.areas_skipped)
+                            shards_skipped=plan.shards_skipped, areas_skipped=plan.areas_skipped,
+                            duplicates=sorted(tree.duplicates.values()))
     begin_runs(root, plan)
     written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
                if plan.shard_tasks or plan.area_tasks else set())

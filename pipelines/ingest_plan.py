@@ -69,9 +69,9 @@ class LakeState:
     def read(cls, root) -> LakeState:
         """Return the state of the lake ``root`` (the per-patch columns in one event-loop round)."""
         attrs = root.attrs.asdict()
-        cols = storage.read_arrays(root, ("patch_id", lk.STATUS_ARRAY))
+        cols = storage.read_arrays(root, ("patch_id", schema.STATUS_ARRAY))
         return cls(patch_size=int(attrs["patch_size"]), per_shard=int(attrs["patches_per_shard"]),
-                   runs=list(attrs.get("runs", [])), patch_id=cols["patch_id"], status=cols[lk.STATUS_ARRAY],
+                   runs=list(attrs.get("runs", [])), patch_id=cols["patch_id"], status=cols[schema.STATUS_ARRAY],
                    quarantine=dict(attrs.get("quarantine", {})), complete_shards=frozenset(lk.read_markers(root)),
                    complete_areas=_CompleteAreas(root), next_start=lk.next_run_start(root))
 
@@ -194,7 +194,7 @@ def _plan_retries(plan: IngestPlan, state: LakeState, tree: RawTree, raw: Path) 
                 or "rows" not in r or Path(r["raw"]) != raw:
             continue
         a, b = r["rows"]
-        bad_rows = a + np.flatnonzero(state.status[a:b] == lk.STATUS_QUARANTINED)
+        bad_rows = a + np.flatnonzero(state.status[a:b] == schema.STATUS_QUARANTINED)
         ids = [int(i) for i in state.patch_id[a:b]]
         started = dt.datetime.fromisoformat(r["started"]).timestamp() + 1  # recorded to the second, rounded down
         bad_rows = [row for row in bad_rows if ids[row - a] in tree.patches and _changed_since(

@@ -18,7 +18,6 @@ import xarray as xr
 import zarr
 from click.testing import CliRunner
 
-from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake.cli import main
 from flair_lake.config import IngestConfig, SynthConfig
@@ -32,7 +31,7 @@ PER_ARRAY = ("aerial", "label", "status", "patch_id", "domain", "zone", "split",
 
 def _rows_by_id(root) -> dict[int, int]:
     ids = root["patch_id"][:]
-    ok = root["status"][:] == lk.STATUS_OK
+    ok = root["status"][:] == schema.STATUS_OK
     return {int(i): r for r, i in enumerate(ids) if ok[r]}
 
 
@@ -174,7 +173,7 @@ def test_append_and_noop(medium_tree, tmp_path):
     root = zarr.open_group(path, mode="r")
     ids = root["patch_id"][:]
     status = root["status"][:]
-    assert (status == lk.STATUS_OK).sum() == 41
+    assert (status == schema.STATUS_OK).sum() == 41
     # the appended run starts on a shard boundary: rows 36..39 are padding, never written
     assert root.attrs["runs"][-1]["rows"] == [36, 41]
     grown = _arrays(path)
@@ -290,7 +289,7 @@ def test_config_contexts_of_interleaved_threads_leave_nothing_set():
 def test_band_stats_are_the_sampled_statistics_of_the_raw_files(lake, raw_tree):
     """Aerial: mean and std over every 4th row and column of the images; Sentinel-2: over the clear pixels
     (snow and cloud below 60 %) of every 4th row and column of the super-areas."""
-    from pipelines.ingest import STATS_STEP
+    from pipelines.ingest_tasks import STATS_STEP
 
     stats = zarr.open_group(lake, mode="r").attrs["band_stats"]
     imgs = [rasterio.open(p).read()[:, ::STATS_STEP, ::STATS_STEP] for p in sorted(Path(raw_tree).rglob("IMG_*.tif"))]

@@ -408,9 +408,7 @@ def test_a_redownloaded_file_lands_on_the_next_ingest(tmp_path):
     assert res.exit_code == 0 and "shards written 0" in res.output and "nothing new" in res.output, res.output
 
 
-def test_two_images_of_one_id_in_one_part_are_a_problem(raw_tree, tmp_path):
-    from flair_lake.raw.discover import discover
-
+def test_a_second_image_of_an_id_is_reported_and_the_first_lands(raw_tree, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(raw_tree, raw)
     images = sorted(raw.glob("flair_aerial_train/D*/Z*/img/IMG_*.tif"))
@@ -418,7 +416,11 @@ def test_two_images_of_one_id_in_one_part_are_a_problem(raw_tree, tmp_path):
     other_zone = next(p.parent for p in images if p.parents[1] != first.parents[1])
     copy = other_zone / first.name
     shutil.copy(first, copy)
-    tree = discover(raw)
-    pid = names.parse_id(first.name)
-    assert tree.patches[pid].image == min(first, copy)
-    assert "ids must be unique" in tree.problems[pid] and str(max(first, copy)) in tree.problems[pid]
+    kept, ignored = min(first, copy), max(first, copy)
+    lake = str(tmp_path / "lake.zarr")
+    res = CliRunner().invoke(main, ["ingest", str(raw), lake, "--workers", "1"])
+    assert res.exit_code == 0, res.output  # every patch landed; the extra file is reported, not quarantined
+    assert f"{ignored}: id {names.parse_id(first.name)} already seen at {kept}; ids must be unique" in res.output
+    root = zarr.open_group(lake, mode="r")
+    assert root.attrs["quarantine"] == {}
+    assert names.parse_id(first.name) in root["patch_id"][:].tolist()

@@ -122,7 +122,7 @@ def test_an_interrupted_run_whose_patches_left_the_tree_cannot_resume(tree, raw)
 
 def test_a_quarantined_patch_whose_file_changed_is_retried_in_its_own_shard(tree, raw):
     status = np.ones(10, np.uint8)
-    status[5] = lk.STATUS_QUARANTINED
+    status[5] = schema.STATUS_QUARANTINED
     pid = _order(tree)[5]
     # the run started long before the tree's files were written: the quarantined patch's files "changed since"
     state = _lake_of(tree, raw, "complete", started="2000-01-01T00:00:00+00:00",
@@ -137,7 +137,7 @@ def test_a_quarantined_patch_whose_file_changed_is_retried_in_its_own_shard(tree
 
 def test_a_quarantined_patch_whose_file_did_not_change_is_left_alone(tree, raw):
     status = np.ones(10, np.uint8)
-    status[5] = lk.STATUS_QUARANTINED
+    status[5] = schema.STATUS_QUARANTINED
     later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
     state = _lake_of(tree, raw, "complete", started=later, complete_shards=frozenset({0, 1, 2}))
     plan = plan_ingest(dataclasses.replace(state, status=status), tree, raw, LAKE, CFG)
@@ -146,7 +146,7 @@ def test_a_quarantined_patch_whose_file_did_not_change_is_left_alone(tree, raw):
 
 def test_a_retry_needs_every_patch_of_its_run(tree, raw):
     status = np.ones(10, np.uint8)
-    status[5] = lk.STATUS_QUARANTINED
+    status[5] = schema.STATUS_QUARANTINED
     state = _lake_of(tree, raw, "complete", started="2000-01-01T00:00:00+00:00")
     left = _order(tree)[0]
     smaller = RawTree(tree.root, {k: v for k, v in tree.patches.items() if k != left}, tree.areas)
@@ -199,8 +199,8 @@ def _filter_state(view: ViewState | None = None, runs: list[dict] | None = None,
     n = 32
     zone = np.repeat(np.array([0, 1, 0, 0], np.int32), FILTER_SHARD)
     status = np.repeat(np.array([1, 1, 1, 0], np.uint8), FILTER_SHARD)
-    status[17] = lk.STATUS_QUARANTINED
-    coords = {lk.STATUS_ARRAY: status, "zone": zone, "year": np.full(n, 2021, np.int16),
+    status[17] = schema.STATUS_QUARANTINED
+    coords = {schema.STATUS_ARRAY: status, "zone": zone, "year": np.full(n, 2021, np.int16),
               "s2_row": np.full(n, 50, np.int32), "s2_col": np.full(n, 50, np.int32),
               "patch_id": np.arange(n, dtype=np.int32), "domain": np.zeros(n, np.int16)}
     state = FilterState(per_shard=FILTER_SHARD, areas=["A", "B"], area_shapes=SHAPES, coords=coords,
@@ -265,7 +265,7 @@ def test_a_view_grows_after_an_append_and_writes_only_the_new_shards():
 def test_the_filter_state_is_read_from_the_lake(tmp_path):
     root = lk.create_lake(str(tmp_path / "lake.zarr"), lk.Layout(32, FILTER_SHARD))
     lk.grow(root, 8)
-    root[lk.STATUS_ARRAY][:] = lk.STATUS_OK
+    root[schema.STATUS_ARRAY][:] = schema.STATUS_OK
     root.attrs["areas"] = ["A"]
     root.create_array(f"{schema.SENTINEL_GROUP}/A/data", shape=(5, 10, 50, 50), dtype="uint16")
     state = FilterState.read(root, "v")

@@ -92,7 +92,8 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
     best = Path(out) / "best.pt"
     for split in (val_split, "test"):
         try:
-            res = evaluate(best, lake, split=split, out_dir=out, workers=workers, device=device)
+            res = evaluate(best, lake, split=split, out_dir=out, batch_size=batch_size, workers=workers,
+                           device=device)
         except Exception as exc:  # noqa: BLE001 - a lake without that split is not an error here
             click.echo(f"{split}: not evaluated ({exc})")
             continue

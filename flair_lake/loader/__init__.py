@@ -15,7 +15,7 @@ from flair_lake.loader.transform import BatchTransform
 __all__ = ["LakeDataset", "EpochBatchSampler", "BatchTransform", "ThreadedLoader", "collate", "make_loader",
            "select_rows", "default_workers", "default_worker_kind"]
 
-THREAD_WORKERS_MAX_CORES = 4  # measured on 2 cores: 2 threads 522 samples/s, 2 processes 196 (README)
+THREAD_WORKERS_MAX_CORES = 4  # measured on 2 cores: 2 threads 522 samples/s, 2 processes 196 (docs/benchmarks.md)
 
 
 def default_worker_kind() -> str:

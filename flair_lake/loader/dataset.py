@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 def select_rows(root, split: str | Sequence[str] | None) -> np.ndarray:
     """Return the ingested rows of an official split ('train', 'val', 'test'), a list of domains, or all."""
-    status = root[lk.STATUS_ARRAY][:]
-    ok = status == lk.STATUS_OK
+    status = root[schema.STATUS_ARRAY][:]
+    ok = status == schema.STATUS_OK
     if split is None or split == "all":
         return np.flatnonzero(ok)
     if isinstance(split, str) and split in schema.SPLIT_CODES:

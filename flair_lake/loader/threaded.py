@@ -2,7 +2,7 @@
 
 Decoding (zarrs, numcodecs) and stacking release the GIL, so on a small machine threads decode in parallel
 without the inter-process path of DataLoader workers (copy into shared memory, unpickle, map) that costs more
-than the decode itself on 2 cores (README, loader benchmark). Batches come in sampler order.
+than the decode itself on 2 cores (docs/benchmarks.md, loader). Batches come in sampler order.
 """
 
 from __future__ import annotations

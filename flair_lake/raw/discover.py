@@ -63,6 +63,7 @@ class RawTree:
     areas: dict[str, AreaFiles] = field(default_factory=dict)
     area_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # T, H, W
     problems: dict[int, str] = field(default_factory=dict)  # quarantined patch id -> reason
+    duplicates: dict[str, str] = field(default_factory=dict)  # image ignored (its id is taken) -> reason
     area_problems: dict[str, str] = field(default_factory=dict)
     raw_bytes: int = 0
 
@@ -223,7 +224,7 @@ def _images_by_id(tree: RawTree, aer_dir: Path) -> dict[int, Path]:
         if pid is None:
             continue
         if pid in images:
-            tree.problems[pid] = f"{path}: id {pid} already seen at {images[pid]}; ids must be unique"
+            tree.duplicates[str(path)] = f"{path}: id {pid} already seen at {images[pid]}; ids must be unique"
             continue
         images[pid] = path
     return images
@@ -236,6 +237,9 @@ def _add_patch(tree: RawTree, pid: int, img: Path, labels: dict[int, Path], lab_
     ``lab_dir``: the part's labels folder; None for an unlabelled part (its patches need no label).
     """
     domain, zone = img.parents[2].name, img.parents[1].name
+    if pid in tree.patches:  # the first image of an id in path order is the patch; a second one is reported
+        tree.duplicates[str(img)] = f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
+        return
     reason = _patch_problem(tree, pid, img, domain, zone, labels, lab_dir, side, sat_window)
     if reason:
         tree.problems[pid] = reason
@@ -250,8 +254,6 @@ def _patch_problem(tree: RawTree, pid: int, img: Path, domain: str, zone: str, l
     """Return why the image ``img`` of patch ``pid`` cannot be ingested (its first problem), or None."""
     meta, bad_meta, centroids = side.meta, side.bad_meta, side.centroids
     area_name = names.area_name(domain, zone)
-    if pid in tree.patches:
-        return f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
     if lab_dir is not None and pid not in labels:
         return (f"{img}: no label {names.msk_name(pid)} in {lab_dir.name}/{domain}/{zone}/msk; "
                 "add it or remove the image")

@@ -24,7 +24,7 @@ class Checker:
         self.attrs = root.attrs.asdict()
         self.per_shard = int(self.attrs.get("patches_per_shard", schema.PATCHES_PER_SHARD))
         self.n = lk.n_rows(root) if "patch_id" in root else 0
-        self.status = root[lk.STATUS_ARRAY][:] if lk.STATUS_ARRAY in root else np.zeros(self.n, np.uint8)
+        self.status = root[schema.STATUS_ARRAY][:] if schema.STATUS_ARRAY in root else np.zeros(self.n, np.uint8)
         self.patch_id = root["patch_id"][:] if "patch_id" in root else np.full(self.n, -1, np.int32)
         self.areas_t: dict[int, int] = {}  # zone code -> dates of its super-area, filled by _check_areas
         self.missing: set[tuple[str, int]] = set()  # (array path, shard) whose shard object is missing
@@ -41,7 +41,7 @@ class Checker:
 
     def written_shards(self, ok_only: bool = False) -> list[int]:
         """Return the shards holding rows the ingest tasks wrote (status 1 or 2; status 1 only with ok_only)."""
-        sel = self.status == lk.STATUS_OK if ok_only else self.status != lk.STATUS_EMPTY
+        sel = self.status == schema.STATUS_OK if ok_only else self.status != schema.STATUS_EMPTY
         return sorted({int(r) // self.per_shard for r in np.flatnonzero(sel)})
 
     def held(self, shard: int) -> str:
@@ -94,7 +94,7 @@ class Checker:
             return text, None
         reopen = "" if run.get("status") == "running" else f" and sets run {run.get('id')} back to running"
         text = (f"`flair-lake validate {self.lake}{' --deep' if deep else ''} --repair` (deletes shard {shard} of "
-                f"{', '.join(lk.SHARD_TASK_ARRAYS)} and its marker {self.lake}/{lk.shard_marker(shard)}{reopen}), "
+                f"{', '.join(schema.SHARD_TASK_ARRAYS)} and its marker {self.lake}/{lk.shard_marker(shard)}{reopen}), "
                 f"then `{self.ingest_cmd(run)}`")
         return text, ("shard", shard)
 
@@ -113,7 +113,7 @@ def expected_arrays(p: int, s: int) -> dict[str, schema.ArrayLayout]:
     """Return the layout of every per-patch array (:func:`schema.lake_arrays`), in the order the checks report
     them: the images and the status first."""
     layouts = schema.lake_arrays(p, s)
-    first = ("aerial", "label", lk.STATUS_ARRAY)
+    first = ("aerial", "label", schema.STATUS_ARRAY)
     return {**{k: layouts[k] for k in first}, **{k: v for k, v in layouts.items() if k not in first}}
 
 
@@ -150,8 +150,8 @@ def check_arrays(c: Checker) -> bool:
 
 def check_table(c: Checker) -> None:
     """Cross-array consistency of the per-patch table, the run records and the Sentinel super-areas."""
-    root, ok = c.root, c.status == lk.STATUS_OK
-    bad_status = np.flatnonzero(c.status > lk.STATUS_QUARANTINED)
+    root, ok = c.root, c.status == schema.STATUS_OK
+    bad_status = np.flatnonzero(c.status > schema.STATUS_QUARANTINED)
     for s in sorted({int(r) // c.per_shard for r in bad_status}):
         a, b = c.shard_rows(s)
         rows = bad_status[(bad_status >= a) & (bad_status < b)]
@@ -267,7 +267,7 @@ def check_views(c: Checker) -> None:
     vg = c.root.get(schema.VIEWS_GROUP)
     if vg is None:
         return
-    ok = c.status == lk.STATUS_OK
+    ok = c.status == schema.STATUS_OK
     zone = c.root["zone"][:]
     for name, g in sorted(vg.groups()):
         fix, action = c.view_fix(name)

@@ -5,14 +5,13 @@ The commands finish the repair: ingest first, then filter (which reads the statu
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.validate.checks import Checker
-from flair_lake.validate.report import ValidationReport, filter_command, storage_flags
+from flair_lake.validate.report import ValidationReport, filter_command, ingest_command
 from flair_lake.validate.scan import StoreMetadata, metadata_problem, node_key
 from flair_lake.validate.shards import block_keys
 
@@ -80,7 +79,7 @@ def repair_lake(c: Checker, storage_options: dict | None) -> None:
         try:
             _delete_node(root.store, marker)
             # status first: no row says "ingested" once its pixels are gone; it reads 0 (empty) until re-ingested
-            order = (lk.STATUS_ARRAY, *(n for n in lk.SHARD_TASK_ARRAYS if n != lk.STATUS_ARRAY))
+            order = (schema.STATUS_ARRAY, *(n for n in schema.SHARD_TASK_ARRAYS if n != schema.STATUS_ARRAY))
             arrays = [(name, root[name]) for name in order]
             names = _delete_blocks(c, arrays, s)
         except Exception as exc:  # noqa: BLE001 - store errors have no common base; reported, exit 4
@@ -111,20 +110,19 @@ def repair_lake(c: Checker, storage_options: dict | None) -> None:
 
 def _next_commands(c: Checker, view_shards, storage_options: dict | None) -> None:
     """List the ingest (every run now recorded as running) and filter commands that finish the repair."""
-    rep, lake = c.report, shlex.quote(c.lake)
-    flags = storage_flags(storage_options)
-    raws: dict[str, str] = {}
+    rep = c.report
+    raws: dict[str, dict] = {}
     for r in c.root.attrs.asdict().get("runs", []):
         if r.get("command") == "ingest" and r.get("status") == "running":
-            raws.setdefault(r.get("raw", "RAW"), r.get("id"))
-    for raw, rid in raws.items():
-        rep.next_commands.append(f"flair-lake ingest {shlex.quote(raw)} {lake}{flags}")
+            raws.setdefault(r.get("raw", "RAW"), r)
+    for raw, run in raws.items():
+        rep.next_commands.append(ingest_command(c.lake, run, storage_options))
         if not storage.is_url(raw) and not Path(raw).exists():
-            rep.notes.append(f"the raw tree {raw} recorded by run {rid} is not there; restore it first (ingest "
-                             "rewrites the shards from the same files)")
+            rep.notes.append(f"the raw tree {raw} recorded by run {run.get('id')} is not there; restore it first "
+                             "(ingest rewrites the shards from the same files)")
     views = [v for v, _ in view_shards] + [a[1] for a in rep.actions if a and a[0] == "filter"]
     for name in dict.fromkeys(views):
         params = c.root[f"{schema.VIEWS_GROUP}/{name}"].attrs.get("params", {})
-        rep.next_commands.append(filter_command(lake, name, params, storage=flags))
+        rep.next_commands.append(filter_command(c.lake, name, params, storage_options=storage_options))
     if raws and views:
         rep.notes.append("run the commands below in this order: filter reads the status rows that ingest restores")

@@ -13,6 +13,7 @@ import numpy as np
 
 from flair_lake.config import FilterConfig
 from flair_lake.errors import FlairLakeError, UsageError
+from flair_lake.raw.names import patch_name
 
 EXIT_INVALID = 4
 EXAMPLE_IDS = 5  # patch ids quoted per problem
@@ -81,37 +82,41 @@ class ValidationReport:
 def patch_ids(ids: np.ndarray) -> str:
     """Return a short list of patch ids such as ``IMG_000001, IMG_000002 (+3 more)``."""
     ids = np.asarray(ids).ravel()
-    head = ", ".join(f"IMG_{int(i):06d}" for i in ids[:EXAMPLE_IDS])
+    head = ", ".join(patch_name(i) for i in ids[:EXAMPLE_IDS])
     return head + (f" (+{ids.size - EXAMPLE_IDS} more)" if ids.size > EXAMPLE_IDS else "")
 
 
-def ingest_command(lake: str, run: dict) -> str:
+def ingest_command(lake: str, run: dict, storage_options: dict | None = None) -> str:
     """Return the ingest command that resumes ``run`` (and the other running runs), with its tree's options."""
     opts = "".join(f" --{k} {shlex.quote(run[k])}" for k in ("metadata", "centroids") if run.get(k))
-    return f"flair-lake ingest {shlex.quote(run.get('raw', 'RAW'))} {shlex.quote(lake)}{opts}"
+    return (f"flair-lake ingest {shlex.quote(run.get('raw', 'RAW'))} {shlex.quote(lake)}{opts}"
+            f"{storage_flags(storage_options)}")
 
 
-def filter_command(lake: str, name: str, params: dict, *, overwrite: bool = False, storage: str = "") -> str:
+def filter_command(lake: str, name: str, params: dict, *, overwrite: bool = False,
+                   storage_options: dict | None = None) -> str:
     """Return the command that rebuilds (resumes, extends) the view ``name`` from its recorded params.
 
     Args:
-        lake: the lake as the command names it (quoted by the caller when it must be).
+        lake: the lake's path or URL (quoted here for the shell).
         name: the view's name.
         params: the view's ``params`` attribute.
         overwrite: rebuild the view from scratch (``--overwrite``).
-        storage: ``--storage-option`` flags (:func:`storage_flags`).
+        storage_options: the object store's options (secrets elided, :func:`storage_flags`).
 
     A config no ``flair-lake filter`` options give (:meth:`FilterConfig.to_flags`) is rebuilt by a Python call.
     """
     try:
         flags = filter_flags(name, params)
     except UsageError:
+        public = {k: v for k, v in (storage_options or {}).items() if not _secret(k)}
         code = (f"from flair_lake.config import FilterConfig; from pipelines.filter import run_filter; "
                 f"run_filter({lake!r}, FilterConfig.from_params({params!r}), name={name!r}"
-                f"{', overwrite=True' if overwrite else ''})")
+                f"{', overwrite=True' if overwrite else ''}"
+                f"{f', storage_options={public!r}' if public else ''})")
         return f"python -c {shlex.quote(code)}"
     again = " --overwrite" if overwrite and not flags.endswith(" --overwrite") else ""
-    return f"flair-lake filter {lake} {flags}{again}{storage}"
+    return f"flair-lake filter {shlex.quote(lake)} {flags}{again}{storage_flags(storage_options)}"
 
 
 def filter_flags(name: str, params: dict) -> str:
@@ -131,8 +136,12 @@ def filter_flags(name: str, params: dict) -> str:
     return flags + ("" if cfg.view_name() == name else f" --name {shlex.quote(name)}")
 
 
+def _secret(key: str) -> bool:
+    """Return True for an object-store option that must not be printed (credentials)."""
+    return any(w in key.lower() for w in ("secret", "key", "token", "password"))
+
+
 def storage_flags(storage_options: dict | None) -> str:
     """Return the ``--storage-option`` flags of a command, secrets elided."""
-    secret = ("secret", "key", "token", "password")
-    return "".join(f" --storage-option {shlex.quote(f'{k}={v}')}" if not any(w in k.lower() for w in secret)
-                   else f" --storage-option {k}=..." for k, v in (storage_options or {}).items())
+    return "".join(f" --storage-option {shlex.quote(f'{k}={v}')}" if not _secret(k) else f" --storage-option {k}=..."
+                   for k, v in (storage_options or {}).items())
