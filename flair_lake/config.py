@@ -21,6 +21,7 @@ def default_lake() -> str:
 
 
 # --- synth ------------------------------------------------------------------------------------------------------
+SYNTH_PRESET = "tiny"  # ``flair-lake synth`` without --preset
 SYNTH_PRESETS: dict[str, dict] = {
     # seconds to generate; every split present; small patches keep the 102.4 m footprint
     "tiny": dict(domains=("D006_2020", "D033_2021", "D004_2021", "D015_2020"), zones_per_domain=2,
@@ -39,7 +40,7 @@ SYNTH_PRESETS: dict[str, dict] = {
 class SynthConfig:
     """Parameters of the synthetic FLAIR generator (see :mod:`flair_lake.synth`)."""
 
-    domains: tuple[str, ...] = SYNTH_PRESETS["tiny"]["domains"]
+    domains: tuple[str, ...] = SYNTH_PRESETS[SYNTH_PRESET]["domains"]
     zones_per_domain: int = 2
     patches_per_zone: int = 6
     patch_size: int = 64
@@ -81,6 +82,12 @@ class SynthConfig:
 
 # --- ingest -----------------------------------------------------------------------------------------------------
 CODECS = ("zstd", "lz4", "none")
+THREADS_PER_WORKER = 1  # threads of each Dask worker process: every task decodes and computes in one thread
+# Band statistics (the lake's ``band_stats``, which normalise the model's inputs) sample every STATS_STEP-th row
+# and column; a Sentinel-2 pixel counts when its snow and its cloud probability (percent) are both below
+# STATS_CLEAR_PROB.
+STATS_STEP = 4
+STATS_CLEAR_PROB = 60
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class IngestConfig:
     patches_per_shard: int = schema.PATCHES_PER_SHARD
     sat_window: int = schema.S2_WINDOW
     workers: int | None = None  # None: sized to the machine
-    threads_per_worker: int = 1
+    threads_per_worker: int = THREADS_PER_WORKER
     scheduler: str | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +122,9 @@ class IngestConfig:
 COMBINE_RULES = ("union", "sum")
 REDUCERS = ("mean", "median")
 FILTER_PRESETS = ("baseline",)
+# blosc-zstd level of the monthly cube with ``--codec zstd``: level 1 encodes fastest for the same decode speed. A
+# module constant, not a FilterConfig field: the fields are recorded in each view's attributes.
+MONTHLY_LEVEL = 1
 BASELINE_VIEW = "baseline"  # the default name of the baseline's view, whatever its cube codec
 # FilterConfig field -> the ``flair-lake filter`` option that sets it (the fields no option sets come with a preset)
 FILTER_FLAGS = {"max_cover": "--cloud", "min_prob": "--prob", "combine": "--combine", "monthly": "--monthly",
@@ -326,3 +336,18 @@ class TrainConfig:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         if self.max_batches is not None and self.max_batches < 1:
             raise UsageError(f"--max-batches must be >= 1, got {self.max_batches}")
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+PREVIEW_SEED = 0  # seed of ``flair-lake preview --random``
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Defaults of ``flair-lake evaluate`` and ``predict`` and of :func:`flair_lake.training.evaluate.evaluate`."""
+
+    split: str = "test"
+    batch_size: int = TrainConfig.batch_size
+    examples: int = 4  # patches of lowest pixel accuracy drawn in examples_<split>.png; 0: none
+    probabilities: bool = False  # also write PROB_<id>.tif beside the predictions
+    tta: bool = False  # test-time augmentation: the mean of 4 flips

@@ -13,6 +13,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema
+from flair_lake.config import PREVIEW_SEED
 from flair_lake.errors import UsageError
 from flair_lake.raw.names import parse_patch_name, patch_name
 
@@ -57,7 +58,8 @@ def centre_ndvi(monthly: np.ndarray, count: np.ndarray, crop: int = schema.S2_CE
     return np.where(count > 0, ndvi, np.nan)
 
 
-def pick_rows(root, lake: str, patch_ids: tuple = (), random_n: int | None = None, seed: int = 0) -> np.ndarray:
+def pick_rows(root, lake: str, patch_ids: tuple = (), random_n: int | None = None,
+              seed: int = PREVIEW_SEED) -> np.ndarray:
     """Return the lake rows of ``patch_ids`` (in that order) or of ``random_n`` random status-1 patches.
 
     Raises:
@@ -103,8 +105,8 @@ def _strip(cube: np.ndarray, count: np.ndarray, gap: int = 2) -> np.ndarray:
     rgb = np.clip(cube[:, S2_RGB].astype(np.float32) / S2_STRETCH, 0, 1).transpose(0, 2, 3, 1)  # (12, W, W, 3)
     rgb[count == 0] = 0.55
     w = rgb.shape[1]
-    out = np.ones((w, 12 * (w + gap), 3), np.float32)
-    for m in range(12):
+    out = np.ones((w, schema.MONTHS * (w + gap), 3), np.float32)
+    for m in range(schema.MONTHS):
         out[:, m * (w + gap): m * (w + gap) + w] = rgb[m]
     return out
 
@@ -115,7 +117,7 @@ def figure_size(n_rows: int) -> tuple[int, int]:
 
 
 def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_n: int | None = None,
-                   view: str | None = None, seed: int = 0, storage_options: dict | None = None) -> dict:
+                   view: str | None = None, seed: int = PREVIEW_SEED, storage_options: dict | None = None) -> dict:
     """Write the preview PNG of the chosen patches and return what was drawn.
 
     Args:
@@ -173,13 +175,14 @@ def render_preview(lake: str, out: str | Path, *, patch_ids: tuple = (), random_
                 x0 = m * (w + 2)
                 axes[4].plot([x0, x0 + w - 1], [0, w - 1], color="#b00000", lw=1)
                 axes[4].plot([x0, x0 + w - 1], [w - 1, 0], color="#b00000", lw=1)
-            axes[4].set_xticks([m * (w + 2) + w / 2 for m in range(12)], [n[0] for n in MONTH_NAMES], fontsize=7)
+            axes[4].set_xticks([m * (w + 2) + w / 2 for m in range(schema.MONTHS)], [n[0] for n in MONTH_NAMES],
+                               fontsize=7)
             ndvi = centre_ndvi(cube, count)
             have = np.isfinite(ndvi)
             axes[5].plot(np.flatnonzero(have) + 1, ndvi[have], "o-", color="#2a7f2a", ms=3)
-            axes[5].set_xlim(0.5, 12.5)
+            axes[5].set_xlim(0.5, schema.MONTHS + 0.5)
             axes[5].set_ylim(-0.2, 1.0)
-            axes[5].set_xticks(range(1, 13), [n[0] for n in MONTH_NAMES], fontsize=7)
+            axes[5].set_xticks(range(1, schema.MONTHS + 1), [n[0] for n in MONTH_NAMES], fontsize=7)
             axes[5].tick_params(axis="y", labelsize=7)
             axes[5].grid(alpha=0.3)
         else:

@@ -22,6 +22,8 @@ CRS_EPSG = 2154  # Lambert-93
 AERIAL_BANDS = ("red", "green", "blue", "nir", "elevation")
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 S2_MASK_BANDS = ("snow", "cloud")  # channel 0 = snow, channel 1 = cloud (docs/raw-format.md, "Sentinel-2 super-areas")
+N_AERIAL_BANDS = len(AERIAL_BANDS)
+N_S2_BANDS = len(S2_BANDS)
 
 # --- classes ----------------------------------------------------------------------------------------------------
 # raw code -> (name, colour) ; the official FLAIR nomenclature and colour table.
@@ -96,7 +98,8 @@ def official_split(domain: str) -> str | None:
 PATCHES_PER_SHARD = 64
 PATCH_DIM = "patch"
 TABLE_CHUNK_ROWS = 65_536  # rows per chunk of the columns only the coordinator writes
-MONTHS = 12  # months of a view's monthly cube
+MONTHS = 12  # months of a view's monthly cube: one per calendar month
+DATE_DIM = "date"  # the Sentinel-2 date axis: a super-area's rows, the trailing axis of a view's date tables
 # Codec roles: which codecs an array takes (flair_lake.storage.role_compressors turns a role into zarr codecs).
 CODEC_ROLES = {
     "image": "ingest --codec at --zstd-level (aerial images and labels)",
@@ -194,7 +197,7 @@ def lake_arrays(patch_size: int, patches_per_shard: int) -> dict[str, ArrayLayou
     """
     p, s = patch_size, patches_per_shard
     out = {
-        "aerial": ArrayLayout("aerial", (PATCH_DIM, "band", "y", "x"), "uint8", (len(AERIAL_BANDS), p, p), 1, s,
+        "aerial": ArrayLayout("aerial", (PATCH_DIM, "band", "y", "x"), "uint8", (N_AERIAL_BANDS, p, p), 1, s,
                               "image", 0, "R, G, B, NIR, elevation; raw digital numbers"),
         "label": ArrayLayout("label", (PATCH_DIM, "y", "x"), "uint8", (p, p), 1, s, "image", 0,
                              "raw FLAIR codes 1..19; 0 = no label (unlabelled split)"),
@@ -218,12 +221,12 @@ def sentinel_arrays(n_dates: int, height: int, width: int) -> dict[str, ArrayLay
     t = n_dates
     dates = (("units", "days since 1970-01-01"), ("calendar", "proleptic_gregorian"))
     return {
-        "data": ArrayLayout("data", ("date", "s2_band", "row", "col"), "uint16", (len(S2_BANDS), height, width),
+        "data": ArrayLayout("data", (DATE_DIM, "s2_band", "row", "col"), "uint16", (N_S2_BANDS, height, width),
                             min(t, 8), None, "sentinel", 0, "L2A reflectance x 10000, bands S2_BANDS", (), False),
-        "masks": ArrayLayout("masks", ("date", "mask_band", "row", "col"), "uint8",
+        "masks": ArrayLayout("masks", (DATE_DIM, "mask_band", "row", "col"), "uint8",
                              (len(S2_MASK_BANDS), height, width), min(t, 8), None, "sentinel", 0,
                              "Sen2Cor snow and cloud probability, percent", (), False),
-        "dates": ArrayLayout("dates", ("date",), "int32", (), max(t, 1), None, "none", 0,
+        "dates": ArrayLayout("dates", (DATE_DIM,), "int32", (), max(t, 1), None, "none", 0,
                              "sensing date, days since 1970-01-01", dates, False),
     }
 
@@ -239,21 +242,26 @@ def view_arrays(patches_per_shard: int, t_max: int, window: int, monthly: bool, 
         reducer = FilterConfig.reducer
     s, w = patches_per_shard, window
     out = {
-        "cover": ArrayLayout("cover", (PATCH_DIM, "date"), "float32", (t_max,), s, None, "table", 0.0,
+        "cover": ArrayLayout("cover", (PATCH_DIM, DATE_DIM), "float32", (t_max,), s, None, "table", 0.0,
                              "covered fraction of the patch window per area date"),
-        "keep": ArrayLayout("keep", (PATCH_DIM, "date"), "bool", (t_max,), s, None, "table", False,
+        "keep": ArrayLayout("keep", (PATCH_DIM, DATE_DIM), "bool", (t_max,), s, None, "table", False,
                             "date kept (cover < max_cover); False beyond n_dates"),
         "n_dates": ArrayLayout("n_dates", (PATCH_DIM,), "int16", (), s, None, "table", 0, "dates of the area"),
     }
     if monthly:
         out["monthly"] = ArrayLayout("monthly", (PATCH_DIM, "month", "s2_band", "row", "col"), "uint16",
-                                     (MONTHS, len(S2_BANDS), w, w), 1, s, "cube", 0,
+                                     (MONTHS, N_S2_BANDS, w, w), 1, s, "cube", 0,
                                      f"monthly {reducer} of kept dates, DN; 0 when empty")
         out["month_count"] = ArrayLayout("month_count", (PATCH_DIM, "month"), "uint8", (MONTHS,), s, None, "table",
                                          0, "kept dates per month; 0 = empty month")
         out["month_days"] = ArrayLayout("month_days", (PATCH_DIM, "month"), "int16", (MONTHS,), s, None, "table",
                                         0, "days from the 15th of the month to the reference date")
     return out
+
+
+def date_axes(layouts: dict[str, ArrayLayout]) -> dict[str, int]:
+    """Return name -> position of the :data:`DATE_DIM` axis, for each of ``layouts`` that has one."""
+    return {name: a.dims.index(DATE_DIM) for name, a in layouts.items() if DATE_DIM in a.dims}
 
 
 SENTINEL_GROUP = "sentinel"  # sentinel/<area>/{data,masks,dates}

@@ -74,7 +74,7 @@ def ndvi_by_class(ndvi: np.ndarray, hist: np.ndarray) -> list[dict]:
     total = w.T @ np.where(valid, ndvi, 0.0)
     out = []
     for i, c in enumerate(CLASSES):
-        for m in range(12):
+        for m in range(schema.MONTHS):
             if weight[i, m] > 0:
                 out.append({"class": int(c), "name": schema.RAW_CLASSES[int(c)][0], "month": m + 1,
                             "ndvi": float(total[i, m] / weight[i, m]), "pixels": int(weight[i, m])})
@@ -87,21 +87,21 @@ def cloud_table(root, view: str, rows: np.ndarray) -> list[dict]:
     keep = vg["keep"][:]
     zone, dom = root["zone"][:], root["domain"][:]
     areas, domains = root.attrs["areas"], root.attrs["domains"]
-    kept = np.zeros((len(domains), 12), np.int64)
-    seen = np.zeros((len(domains), 12), np.int64)
+    kept = np.zeros((len(domains), schema.MONTHS), np.int64)
+    seen = np.zeros((len(domains), schema.MONTHS), np.int64)
     for code in np.unique(zone[rows]):
         members = rows[zone[rows] == code]
         dates = root[f"{schema.SENTINEL_GROUP}/{areas[int(code)]}/dates"][:].astype("datetime64[D]")
-        month = dates.astype("datetime64[M]").astype(np.int64) % 12
+        month = dates.astype("datetime64[M]").astype(np.int64) % schema.MONTHS
         t = dates.size
         k = keep[members, :t]  # in-memory numpy, not the zarr array
         for d in np.unique(dom[members]):
             sel = dom[members] == d
-            kept[d] += np.bincount(month, weights=k[sel].sum(0), minlength=12).astype(np.int64)
-            seen[d] += np.bincount(month, minlength=12) * int(sel.sum())
+            kept[d] += np.bincount(month, weights=k[sel].sum(0), minlength=schema.MONTHS).astype(np.int64)
+            seen[d] += np.bincount(month, minlength=schema.MONTHS) * int(sel.sum())
     out = []
     for d in np.flatnonzero(seen.sum(1)):
-        for m in range(12):
+        for m in range(schema.MONTHS):
             n, kp = int(seen[d, m]), int(kept[d, m])
             out.append({"domain": domains[int(d)], "month": m + 1, "kept": kp, "dropped": n - kp,
                         "dropped_fraction": (n - kp) / n if n else 0.0})
@@ -138,7 +138,7 @@ def _plot_ndvi(rows: list[dict], path: Path, plt) -> None:
         pts = [(r["month"], r["ndvi"]) for r in rows if r["class"] == c]
         ax.plot(*zip(*pts), "o-", ms=3, color=schema.RAW_CLASSES[c][1], label=f"{c} {schema.RAW_CLASSES[c][0]}",
                 markeredgecolor="black", markeredgewidth=0.3)
-    ax.set_xticks(range(1, 13), MONTH_NAMES)
+    ax.set_xticks(range(1, schema.MONTHS + 1), MONTH_NAMES)
     ax.set_ylabel("NDVI (window centre)")
     ax.set_title("mean NDVI per class through the year (label-pixel weighted)")
     ax.grid(alpha=0.3)
@@ -156,7 +156,7 @@ def _plot_clouds(rows: list[dict], path: Path, plt) -> None:
     ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto")
     for (i, m), v in np.ndenumerate(dropped):
         ax.text(m, i, str(v), ha="center", va="center", fontsize=7, color="white" if grid[i, m] > 0.5 else "black")
-    ax.set_xticks(range(12), MONTH_NAMES)
+    ax.set_xticks(range(schema.MONTHS), MONTH_NAMES)
     ax.set_yticks(range(len(domains)), domains)
     ax.set_title("patch-dates dropped per month and domain (shade: fraction, number: count)")
     fig.tight_layout()
@@ -200,7 +200,7 @@ def write_stats(lake: str, out: str | Path, *, view: str | None = None,
     lines = []
     vg = root[f"{schema.VIEWS_GROUP}/{view}"] if view else None
     if vg is not None and "monthly" in vg:
-        ndvi = np.full((rows.size, 12), np.nan)
+        ndvi = np.full((rows.size, schema.MONTHS), np.nan)
         count = vg["month_count"][:]
         pos = 0
         for a, b, members in _shards(root, rows):

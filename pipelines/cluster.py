@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+from flair_lake import config
 from flair_lake.errors import FlairLakeError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def _current_client(scheduler: str):
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
+def dask_client(scheduler: str | None = None, workers: int | None = None,
+                threads_per_worker: int = config.THREADS_PER_WORKER,
                 timing: dict | None = None):
     """Yield a ``distributed.Client``: of ``scheduler`` when given, else of a new LocalCluster.
 
@@ -128,7 +130,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
             cluster.close()
 
 
-def run_tasks(jobs, *, scheduler: str | None, workers: int | None, threads_per_worker: int = 1,
+def run_tasks(jobs, *, scheduler: str | None, workers: int | None,
+              threads_per_worker: int = config.THREADS_PER_WORKER,
               desc: str, progress: bool | None = None, timing: dict | None = None):
     """Map ``(function, tasks)`` jobs over a cluster (``dask_client``) and yield each result as it completes.
 

@@ -20,15 +20,13 @@ import numpy as np
 from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake.chunkio import write_shard
-from flair_lake.config import FilterConfig
+from flair_lake.config import MONTHLY_LEVEL, FilterConfig
 from flair_lake.info import report_lines
 from flair_lake.stages.clouds import keep_dates, window_cover
-from flair_lake.stages.composite import MONTHS, composite_windows, month_day_offsets
+from flair_lake.stages.composite import composite_windows, month_day_offsets
 from pipelines.filter_plan import COORDS, FilterPlan, FilterState, FilterTask, plan_filter
 
 log = logging.getLogger(__name__)
-
-MONTHLY_LEVEL = 1  # with --codec zstd: blosc-zstd level 1 encodes fastest for the same decode speed
 
 
 @dataclass
@@ -80,9 +78,9 @@ def _filter_shard(task: FilterTask) -> dict:
     keep = np.zeros((n, task.t_max), bool)
     n_dates = np.zeros(n, np.int16)
     # not zero-filled: the composites write every (patch, month) that has a kept date, the rest is zeroed after
-    monthly = np.empty((n, MONTHS, 10, w, w), np.uint16) if task.cfg.monthly else None
-    counts = np.zeros((n, MONTHS), np.uint8)
-    days = np.zeros((n, MONTHS), np.int16)
+    monthly = np.empty((n, schema.MONTHS, schema.N_S2_BANDS, w, w), np.uint16) if task.cfg.monthly else None
+    counts = np.zeros((n, schema.MONTHS), np.uint8)
+    days = np.zeros((n, schema.MONTHS), np.int16)
     areas = root.attrs["areas"]
     ok = status == schema.STATUS_OK
     for area_code in np.unique(zone[ok]):
@@ -112,7 +110,7 @@ def _filter_shard(task: FilterTask) -> dict:
         t0 = time.perf_counter()
         clear = (masks.max(axis=1) < task.cfg.min_prob) if task.cfg.mask_pixels else None
         date_year = dates.astype("datetime64[Y]").astype(int) + 1970
-        date_month = dates.astype("datetime64[M]").astype(int) % 12
+        date_month = dates.astype("datetime64[M]").astype(int) % schema.MONTHS
         for y in years:  # months of the patch's own acquisition year
             sub = members[year[members] == y]
             months = np.where(date_year == y, date_month, -1)
@@ -281,5 +279,5 @@ def build_report(root, name: str, coords: dict | None = None, results: list[dict
     report = {"per_domain": per_domain, "patches": int(ok.sum()),
               "no_clear_date": [int(i) for i in ids[kept == 0]]}
     if monthly:
-        report["clear_month_histogram"] = np.bincount(clear_months[ok], minlength=MONTHS + 1).tolist()
+        report["clear_month_histogram"] = np.bincount(clear_months[ok], minlength=schema.MONTHS + 1).tolist()
     return report

@@ -135,22 +135,25 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
     plan = FilterPlan(view=name, params=params, t_max=t_max, window=window, create=fresh,
                       delete=view is not None and overwrite)
     if not fresh:
-        plan.resize = _grown(view.shapes, state.n, t_max)
+        dated = schema.date_axes(schema.view_arrays(state.per_shard, t_max, window, cfg.monthly))
+        plan.resize = _grown(view.shapes, state.n, t_max, dated)
     _plan_tasks(plan, state, cfg, lake, frozenset() if fresh else view.finished, storage_options)
     plan.up_to_date = not plan.tasks and not fresh and view.complete
     _plan_run(plan, state)
     return plan
 
 
-def _grown(shapes: dict[str, tuple[int, ...]], n: int, t_max: int) -> dict[str, tuple[int, ...]]:
+def _grown(shapes: dict[str, tuple[int, ...]], n: int, t_max: int,
+           dated: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """Return the new shape of each array of an existing view that the lake's rows (or a longer super-area)
-    outgrew: every array to ``n`` rows, ``cover`` and ``keep`` to ``t_max`` dates."""
+    outgrew: every array to ``n`` rows, the arrays with a date axis (``dated``: name -> axis, from
+    :func:`schema.date_axes`) to ``t_max`` dates."""
     out = {}
     for arr_name, old in shapes.items():
         shape = list(old)
         shape[0] = max(shape[0], n)
-        if arr_name in ("cover", "keep"):
-            shape[1] = max(shape[1], t_max)
+        if arr_name in dated:
+            shape[dated[arr_name]] = max(shape[dated[arr_name]], t_max)
         if tuple(shape) != old:
             out[arr_name] = tuple(shape)
     return out

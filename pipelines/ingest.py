@@ -95,12 +95,13 @@ def _patch_size(tree: RawTree, sample: int = 25) -> int:
     for f in files[:: max(1, len(files) // sample)]:
         try:
             with rasterio.open(f) as src:
-                if src.count == 5 and src.dtypes[0] == "uint8" and src.width == src.height:
+                if src.count == schema.N_AERIAL_BANDS and src.dtypes[0] == "uint8" and src.width == src.height:
                     sizes[int(src.width)] += 1
         except Exception:  # noqa: BLE001 - a bad file: the others decide, the task quarantines it
             continue
     if not sizes:
-        raise RawFormatError(f"no readable 5-band uint8 IMG_*.tif under {tree.root}; check the download")
+        raise RawFormatError(f"no readable {schema.N_AERIAL_BANDS}-band uint8 IMG_*.tif under {tree.root}; "
+                             "check the download")
     # ties (tiny trees): prefer a FLAIR-like size (multiple of 32), then the larger
     return max(sizes, key=lambda s: (sizes[s], s % 32 == 0, s))
 
@@ -280,7 +281,7 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
 def _update_band_stats(root, markers: dict[int, dict]) -> None:
     """Recompute per-band mean and std of the aerial bands (from the reports of every complete shard,
     ``markers``) and of the Sentinel clear pixels."""
-    tot, sq, n = np.zeros(5), np.zeros(5), 0
+    tot, sq, n = np.zeros(schema.N_AERIAL_BANDS), np.zeros(schema.N_AERIAL_BANDS), 0
     for rep in markers.values():
         tot += rep["aerial_sum"]
         sq += rep["aerial_sumsq"]
@@ -290,7 +291,7 @@ def _update_band_stats(root, markers: dict[int, dict]) -> None:
         mean = tot / n
         stats["aerial"] = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(sq / n - mean**2, 0)).tolist(),
                            "bands": list(schema.AERIAL_BANDS)}
-    s_tot, s_sq, s_n = np.zeros(10), np.zeros(10), 0
+    s_tot, s_sq, s_n = np.zeros(schema.N_S2_BANDS), np.zeros(schema.N_S2_BANDS), 0
     sen = root.get(schema.SENTINEL_GROUP)
     if sen is not None:
         for _, g in sen.groups():

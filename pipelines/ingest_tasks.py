@@ -15,11 +15,11 @@ import numpy as np
 from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake.chunkio import write_shard
+from flair_lake.config import STATS_CLEAR_PROB, STATS_STEP
 from flair_lake.errors import RawFormatError
 from flair_lake.raw.readers import read_geotiff, read_sentinel_area
 from pipelines.ingest_plan import AreaTask, ShardTask
 
-STATS_STEP = 4  # band statistics are sampled every 4th row and column
 # FLAIR's GeoTIFFs are uncompressed and pixel-interleaved: GDAL maps them and copies the pixels straight into the
 # shard buffer, past its block cache (64 aerial patches in 0.097 s, 0.155 s through the cache; compressed files
 # ignore the option).
@@ -78,7 +78,7 @@ def _shard_buffers(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """
     buf = getattr(_BUFFERS, "arrays", None)
     if buf is None or buf[0].shape[0] < n or buf[0].shape[2] != p:
-        buf = _BUFFERS.arrays = (np.empty((n, 5, p, p), np.uint8), np.empty((n, p, p), np.uint8))
+        buf = _BUFFERS.arrays = (np.empty((n, schema.N_AERIAL_BANDS, p, p), np.uint8), np.empty((n, p, p), np.uint8))
     return buf[0][:n], buf[1][:n]
 
 
@@ -86,7 +86,7 @@ def _read_items(items, p, aerial, label, transform, epsg, status, bad) -> None:
     """Fill the shard buffers from the GeoTIFFs; a bad patch is zeroed, flagged 2 and reported."""
     for i, (pid, img, msk) in enumerate(items):
         try:
-            _, gt, epsg[i] = read_geotiff(Path(img), bands=5, size=p, out=aerial[i])
+            _, gt, epsg[i] = read_geotiff(Path(img), bands=schema.N_AERIAL_BANDS, size=p, out=aerial[i])
             if msk is not None:
                 read_geotiff(Path(msk), bands=1, size=p, out=label[i])
             else:
@@ -114,7 +114,7 @@ def write_area(task: AreaTask) -> dict:
     # Sentinel normalisation statistics over the clear pixels of a 1-in-16 grid, as for the aerial bands (a 1-in-4
     # grid cost a fifth of the task in float temporaries, for the same mean and std to 3 digits)
     sub = data[:, :, ::STATS_STEP, ::STATS_STEP].astype(np.float32)
-    clear = (masks[:, :, ::STATS_STEP, ::STATS_STEP].max(axis=1) < 60)[:, None]
+    clear = (masks[:, :, ::STATS_STEP, ::STATS_STEP].max(axis=1) < STATS_CLEAR_PROB)[:, None]
     vals = np.where(clear, sub, np.float32(0))
     g.attrs.update({"domain": task.area.domain, "zone": task.area.zone, "products": products,
                     "bands": list(schema.S2_BANDS), "mask_bands": list(schema.S2_MASK_BANDS),

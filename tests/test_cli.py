@@ -105,3 +105,36 @@ def test_python_m_runs_the_group():
     res = subprocess.run([sys.executable, "-m", "flair_lake.cli", "--help"], capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0 and "ingest" in res.stdout and "train" in res.stdout
+
+
+def test_option_defaults_are_read_from_config():
+    """No option of a command declares a literal default: each one is read from flair_lake.config."""
+    sources = [*sorted((REPO / "flair_lake" / "cli").glob("*.py")), REPO / "pipelines" / "commands.py"]
+    literal = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("option", "argument"):
+                for kw in node.keywords:
+                    if kw.arg == "default" and isinstance(kw.value, ast.Constant) and kw.value.value is not None:
+                        literal.append(f"{path.name}:{node.lineno} {ast.unparse(kw.value)}")
+    assert not literal
+
+
+def test_evaluation_defaults_are_the_config_s():
+    import inspect
+
+    from flair_lake import config
+    from flair_lake.training.evaluate import evaluate
+
+    def defaults(name: str) -> dict:
+        return {p.name: p.default for p in main.get_command(click.Context(main), name).params}
+
+    ev = config.EvaluateConfig()
+    for name in ("evaluate", "predict"):
+        assert defaults(name)["split"] == ev.split and defaults(name)["batch_size"] == ev.batch_size
+    assert defaults("evaluate")["examples"] == ev.examples
+    assert defaults("preview")["seed"] == config.PREVIEW_SEED and defaults("synth")["preset"] == config.SYNTH_PRESET
+    signature = inspect.signature(evaluate).parameters
+    assert {k: signature[k].default for k in ("split", "batch_size", "examples", "probabilities", "tta")} == {
+        "split": ev.split, "batch_size": ev.batch_size, "examples": ev.examples, "probabilities": ev.probabilities,
+        "tta": ev.tta}

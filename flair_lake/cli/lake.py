@@ -13,8 +13,8 @@ from flair_lake.cli.options import CONTEXT_SETTINGS, handle_errors, lake_argumen
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--preset", type=click.Choice(sorted(config.SYNTH_PRESETS)), default="tiny", show_default=True,
-              help="Sizes to start from; the options below override them.")
+@click.option("--preset", type=click.Choice(sorted(config.SYNTH_PRESETS)), default=config.SYNTH_PRESET,
+              show_default=True, help="Sizes to start from; the options below override them.")
 @click.option("--domains", help="Comma-separated domains such as D006_2020,D004_2021 (official names give "
               "train/val/test splits).")
 @click.option("--zones-per-domain", type=int, help="Zones (Sentinel super-areas) per domain.")
@@ -80,7 +80,7 @@ def validate(lake, deep, repair, storage_options):
 @lake_argument
 @click.option("--patch", "patch_ids", multiple=True, help="Patch id (IMG_040001 or 40001); repeatable.")
 @click.option("--random", "random_n", type=int, help="Show N random ingested patches instead.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--seed", type=int, default=config.PREVIEW_SEED, show_default=True, help="Seed of --random.")
 @click.option("--view", help="View whose monthly cube is shown [default: the latest with one].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @storage_option

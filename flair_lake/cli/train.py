@@ -14,6 +14,7 @@ from flair_lake import config
 from flair_lake.cli.options import CONTEXT_SETTINGS, handle_errors, parse_split
 
 D = config.TrainConfig
+E = config.EvaluateConfig
 # DataLoader workers: 0 reads in the training process
 loader_workers = click.option("--workers", type=click.IntRange(min=0), default=None,
                               help="DataLoader workers (default: cores - 1).")
@@ -24,10 +25,10 @@ def checkpoint_options(fn):
     options = [
         click.option("--ckpt", required=True, type=click.Path(dir_okay=False)),
         click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr"),
-        click.option("--split", default="test", show_default=True, callback=lambda _c, _p, v: parse_split(v),
+        click.option("--split", default=E.split, show_default=True, callback=lambda _c, _p, v: parse_split(v),
                      help="train, val, test, all, or domains (D006_2020,D004_2021)."),
         click.option("--view", default=None, help="Filter view (default: the checkpoint's)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=E.batch_size, show_default=True),
         loader_workers,
         click.option("--device", default=None),
     ]
@@ -107,7 +108,7 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
 @click.option("--out", default=None, help="Folder for metrics JSON/CSV and the confusion matrix plot.")
 @click.option("--predict", "predict_dir", default=None, help="Also write georeferenced PRED_<id>.tif here.")
 @click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
-@click.option("--examples", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--examples", type=click.IntRange(min=0), default=E.examples, show_default=True,
               help="Draw the N patches of lowest pixel accuracy in OUT/examples_<split>.png (0: none).")
 @handle_errors
 def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_dir, probabilities, examples):

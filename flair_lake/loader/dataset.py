@@ -19,6 +19,7 @@ import torch
 from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
+from flair_lake.config import TrainConfig
 from flair_lake.errors import UsageError
 from flair_lake.stages.metadata import encode_metadata
 
@@ -61,7 +62,8 @@ class LakeDataset(torch.utils.data.Dataset):
             float32 on the device. ``make_loader`` sets it.
     """
 
-    def __init__(self, lake: str, *, view: str | None = None, split: str | Sequence[str] | None = "train",
+    def __init__(self, lake: str, *, view: str | None = None,
+                 split: str | Sequence[str] | None = TrainConfig.train_split,
                  storage_options: dict | None = None, skip_empty_months: bool | None = None,
                  use_zarrs: bool | None = None, compact: bool = False) -> None:
         root = lk.open_lake(lake, storage_options=storage_options)
@@ -169,7 +171,7 @@ class LakeDataset(torch.utils.data.Dataset):
                 sen, days = self._raw_series(i)
                 pad = np.zeros(len(days), bool)
             else:
-                sen = np.zeros((0, 10, self.window, self.window), np.float32)
+                sen = np.zeros((0, schema.N_S2_BANDS, self.window, self.window), np.float32)
                 days, pad = np.zeros(0, np.int64), np.zeros(0, bool)
             out.append({
                 "aerial": torch.from_numpy(got["aerial"][k]),

@@ -18,8 +18,11 @@ import rasterio
 import torch
 
 from flair_lake import schema
+from flair_lake.config import FilterConfig, TrainConfig
 from flair_lake.raw import names
 from flair_lake.raw.discover import discover
+
+BASELINE = FilterConfig.baseline()
 
 
 class RawBaselineDataset(torch.utils.data.Dataset):
@@ -29,11 +32,12 @@ class RawBaselineDataset(torch.utils.data.Dataset):
         raw: root of the raw tree.
         patch_ids: the patches to serve, in order (default: every good patch of ``split``).
         split: official split used when ``patch_ids`` is None.
-        max_cover, min_prob: the baseline's filter thresholds (0.5 and 60).
+        max_cover, min_prob: the filter thresholds (default: the baseline's, 0.5 and 60).
     """
 
-    def __init__(self, raw: str | Path, *, patch_ids: Sequence[int] | None = None, split: str | None = "train",
-                 max_cover: float = 0.5, min_prob: float = 60.0) -> None:
+    def __init__(self, raw: str | Path, *, patch_ids: Sequence[int] | None = None,
+                 split: str | None = TrainConfig.train_split, max_cover: float = BASELINE.max_cover,
+                 min_prob: float = BASELINE.min_prob) -> None:
         self.tree = discover(raw)
         if patch_ids is None:
             patch_ids = sorted(p for p, f in self.tree.patches.items()
@@ -63,12 +67,13 @@ class RawBaselineDataset(torch.utils.data.Dataset):
             if cover / (2 * h) ** 2 < self.max_cover:
                 keep.append(t)
         months, days = [], []
-        for m in range(1, 13):  # the baseline's monthly_image: months with a kept date, unmasked mean
+        for m in range(1, schema.MONTHS + 1):  # the baseline's monthly_image: months with a kept date, unmasked mean
             idx = [t for t in keep if dates[t].month == m]
             if idx:
                 months.append(np.mean(sp[idx], axis=0))
-                days.append((dt.date(2021, 5, 15) - dt.date(2021, m, 15)).days)
-        sen = np.stack(months).astype(np.float32) if months else np.zeros((0, 10, 2 * h, 2 * h), np.float32)
+                days.append((dt.date(BASELINE.ref_year, 5, 15) - dt.date(BASELINE.ref_year, m, 15)).days)
+        empty = np.zeros((0, schema.N_S2_BANDS, 2 * h, 2 * h), np.float32)
+        sen = np.stack(months).astype(np.float32) if months else empty
         return {"aerial": torch.from_numpy(aerial), "label": torch.from_numpy(label),
                 "sentinel": torch.from_numpy(sen), "dates": torch.tensor(days, dtype=torch.int64),
                 "pad_mask": torch.zeros(len(days), dtype=torch.bool),

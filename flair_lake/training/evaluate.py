@@ -17,7 +17,7 @@ import torch
 
 from flair_lake import lake as lk
 from flair_lake import schema
-from flair_lake.config import TrainConfig
+from flair_lake.config import EvaluateConfig, TrainConfig
 from flair_lake.errors import FlairLakeError
 from flair_lake.loader import BatchTransform, make_loader
 from flair_lake.raw.names import ID_DIGITS
@@ -58,11 +58,11 @@ def predict_logits(model, batch: dict, *, tta: bool = False) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, lake: str, *, split: str = "test", view: str | None = None,
+def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, view: str | None = None,
              out_dir: str | Path | None = None, predict_dir: str | Path | None = None,
-             probabilities: bool = False, batch_size: int = 10, workers: int | None = None,
-             device: str | None = None, max_batches: int | None = None, tta: bool = False,
-             examples: int = 4) -> dict:
+             probabilities: bool = EvaluateConfig.probabilities, batch_size: int = EvaluateConfig.batch_size,
+             workers: int | None = None, device: str | None = None, max_batches: int | None = None,
+             tta: bool = EvaluateConfig.tta, examples: int = EvaluateConfig.examples) -> dict:
     """Evaluate ``ckpt`` on a split of ``lake``; write metrics (and predictions) and return the metrics.
 
     With ``out_dir`` and labels, ``examples_<split>.png`` shows the ``examples`` patches of lowest pixel accuracy

@@ -3,8 +3,9 @@ with ``repair`` do the repair.
 
 Every metadata document (``zarr.json``) is read and parsed first, from one listing of the store: a corrupt one is
 one problem naming the file. Plain checks then read only metadata and the small per-patch table: schema version,
-every per-patch array's shape, dtype and chunking, cross-array consistency (ids, splits, string-table codes,
-super-areas, Sentinel windows), views (row counts, keep flags), shard completion markers, and that the shard object
+the shape, dtype and chunking of every per-patch array, of each referenced super-area's and each view's arrays
+(against :mod:`flair_lake.schema`), cross-array consistency (ids, splits, string-table codes, super-areas, Sentinel
+windows), views (row counts, keep flags), shard completion markers, and that the shard object
 of ``aerial``, ``label`` and each view's ``monthly`` cube exists for every shard holding ingested patches (from
 the same listing). ``deep`` also decodes every shard of ``aerial``, ``label`` and of each view's ``monthly`` cube
 that holds written rows, and names the patches of shards that are missing, truncated or fail their checksum.

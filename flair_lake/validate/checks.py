@@ -1,7 +1,8 @@
 """Check a lake's metadata and per-patch table against the contract (``docs/lake-format.md``).
 
-Schema version, root attributes, every per-patch array's layout, cross-array consistency, super-areas, shard
-markers and views. Each problem is one line with its fix (:class:`Checker` builds the fixes).
+Schema version, root attributes, the layout of every per-patch, super-area and view array (:mod:`flair_lake.schema`,
+metadata only), cross-array consistency, super-areas, shard markers and views. Each problem is one line with its fix
+(:class:`Checker` builds the fixes).
 """
 
 from __future__ import annotations
@@ -129,6 +130,25 @@ def check_root(c: Checker) -> bool:
                    f"`flair-lake ingest`: re-ingest the raw tree into a new lake")
 
 
+def check_storage(c: Checker, arr, layout: schema.ArrayLayout, where: str, fix: str) -> bool:
+    """Check an array's dtype, chunks and shards against its layout (metadata only); each mismatch is one problem
+    ``{where} has ..., expected ...; {fix}``. Return True when all three match."""
+    got_shards = tuple(arr.shards) if arr.shards else None
+    return all([
+        c.check(str(arr.dtype) == layout.dtype, f"{where} has dtype {arr.dtype}, expected {layout.dtype}; {fix}"),
+        c.check(tuple(arr.chunks) == layout.chunks,
+                f"{where} has chunks {tuple(arr.chunks)}, expected {layout.chunks}; {fix}"),
+        c.check(got_shards == layout.shards, f"{where} has shards {got_shards}, expected {layout.shards}; {fix}"),
+    ])
+
+
+def check_trailing(c: Checker, arr, layout: schema.ArrayLayout, where: str, fix: str) -> bool:
+    """Check the shape of an array after its row axis (``layout.trailing``); a mismatch is one problem."""
+    return c.check(tuple(arr.shape[1:]) == layout.trailing,
+                   f"{where} has shape {tuple(arr.shape)}, expected {layout.trailing} after its {layout.dims[0]} "
+                   f"axis; {fix}")
+
+
 def check_arrays(c: Checker) -> bool:
     """Shape, dtype and chunking of every per-patch array. Return False when an array is absent."""
     p = int(c.attrs["patch_size"])
@@ -138,13 +158,10 @@ def check_arrays(c: Checker) -> bool:
         if not c.check(name in c.root, f"array {name} is missing; {fix}"):
             complete = False
             continue
-        arr, dtype, chunks, shards = c.root[name], layout.dtype, layout.chunks, layout.shards
+        arr = c.root[name]
         c.check(tuple(arr.shape) == layout.shape(c.n),
                 f"array {name} has shape {tuple(arr.shape)}, expected {layout.shape(c.n)} (rows of patch_id); {fix}")
-        c.check(str(arr.dtype) == dtype, f"array {name} has dtype {arr.dtype}, expected {dtype}; {fix}")
-        c.check(tuple(arr.chunks) == chunks, f"array {name} has chunks {tuple(arr.chunks)}, expected {chunks}; {fix}")
-        got_shards = tuple(arr.shards) if arr.shards else None
-        c.check(got_shards == shards, f"array {name} has shards {got_shards}, expected {shards}; {fix}")
+        check_storage(c, arr, layout, f"array {name}", fix)
     return complete
 
 
@@ -219,11 +236,14 @@ def _check_areas(c: Checker, ok: np.ndarray) -> None:
         fix = (f"re-run `flair-lake ingest {run.get('raw', 'RAW')} {c.lake}`" if run.get("status") == "running" else
                f"delete {c.lake}/{schema.SENTINEL_GROUP}/{name} and re-ingest (ingest rewrites areas without "
                "'complete' only while their run is recorded as running); or re-ingest into a new lake")
-        if not c.check(g is not None and all(k in g for k in ("data", "masks", "dates")),
+        expected = tuple(schema.sentinel_arrays(0, 0, 0))
+        if not c.check(g is not None and all(k in g for k in expected),
                        f"super-area {name} referenced by patches {patch_ids(c.patch_id[members])} is missing or lacks "
-                       f"data/masks/dates; fix: {fix}"):
+                       f"{'/'.join(expected)}; fix: {fix}"):
             continue
         c.check(bool(g.attrs.get("complete")), f"super-area {name} is not marked complete; fix: {fix}")
+        if not _check_area_layout(c, g, name, f"fix: {fix}"):
+            continue
         t, _, h, w = g["data"].shape
         c.areas_t[int(code)] = t
         c.check(g["masks"].shape[0] == t and g["dates"].shape[0] == t,
@@ -232,6 +252,32 @@ def _check_areas(c: Checker, ok: np.ndarray) -> None:
         c.check(not out.any(), f"the {schema.S2_WINDOW}x{schema.S2_WINDOW} window of patches "
                 f"{patch_ids(c.patch_id[out])} leaves super-area {name} ({h}x{w}); fix: re-ingest the raw tree into "
                 "a new lake")
+
+
+def _check_area_layout(c: Checker, g, name: str, fix: str) -> bool:
+    """Check the arrays of super-area ``name`` against :func:`schema.sentinel_arrays` of its ``data``'s dates and
+    grid (metadata only). Return False when ``data`` has not the four dims the other checks unpack."""
+    shape = tuple(g["data"].shape)
+    ndim = len(schema.sentinel_arrays(0, 0, 0)["data"].dims)
+    if not c.check(len(shape) == ndim, f"super-area {name}: array data has shape {shape}, expected {ndim} dims; "
+                   f"{fix}"):
+        return False
+    for arr_name, layout in schema.sentinel_arrays(shape[0], shape[2], shape[3]).items():
+        where = f"super-area {name}: array {arr_name}"
+        check_trailing(c, g[arr_name], layout, where, fix)
+        check_storage(c, g[arr_name], layout, where, fix)
+    return True
+
+
+def view_layouts(c: Checker, g) -> dict[str, schema.ArrayLayout]:
+    """Return the layout of every array the view ``g`` should hold (:func:`schema.view_arrays` of its parameters
+    and window), its date axis as long as the longest of its arrays that has one."""
+    params = g.attrs.get("params", {})
+    window = int(g.attrs.get("window", schema.S2_WINDOW))
+    monthly = bool(params.get("monthly"))
+    axes = schema.date_axes(schema.view_arrays(c.per_shard, 0, window, monthly))
+    t = max((g[k].shape[axis] for k, axis in axes.items() if k in g and g[k].ndim > axis), default=0)
+    return schema.view_arrays(c.per_shard, t, window, monthly, reducer=params.get("reducer"))
 
 
 def check_markers(c: Checker) -> None:
@@ -275,8 +321,14 @@ def check_views(c: Checker) -> None:
         for arr_name, arr in g.arrays():
             c.check(arr.shape[0] == c.n, f"view {name}: {arr_name} has {arr.shape[0]} rows, the lake {c.n}; "
                     f"fix: {fix} (it grows the view)", action)
-        if not c.check(all(k in g for k in ("cover", "keep", "n_dates")),
-                       f"view {name} lacks cover, keep or n_dates; fix: {overwrite}"):
+        layouts = view_layouts(c, g)
+        missing = [k for k in layouts if k not in g]
+        c.check(not missing, f"view {name} lacks {', '.join(missing)}; fix: {overwrite}")
+        for arr_name, layout in layouts.items():
+            if arr_name in g:
+                check_trailing(c, g[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
+                check_storage(c, g[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
+        if set(missing) & set(schema.view_arrays(c.per_shard, 0, 0, monthly=False)):  # read below
             continue
         c.check(bool(g.attrs.get("complete")), f"view {name} is not complete; fix: {fix}", action)
         n_dates = g["n_dates"][:].astype(np.int64)
