@@ -286,6 +286,10 @@ class FilterConfig:
         return ("released baseline: " if self.is_baseline() else "") + text
 
 
+# --- loader ---------------------------------------------------------------------------------------------------
+LOADER_PREFETCH = 4  # batches each loader worker reads ahead
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 OPTIMIZERS = ("sgd", "adamw")
 # the names of flair_lake.models.MODELS, here so that `--model` is checked without importing torch

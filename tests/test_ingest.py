@@ -289,7 +289,7 @@ def test_config_contexts_of_interleaved_threads_leave_nothing_set():
 def test_band_stats_are_the_sampled_statistics_of_the_raw_files(lake, raw_tree):
     """Aerial: mean and std over every 4th row and column of the images; Sentinel-2: over the clear pixels
     (snow and cloud below 60 %) of every 4th row and column of the super-areas."""
-    from pipelines.ingest_tasks import STATS_STEP
+    from flair_lake.config import STATS_STEP
 
     stats = zarr.open_group(lake, mode="r").attrs["band_stats"]
     imgs = [rasterio.open(p).read()[:, ::STATS_STEP, ::STATS_STEP] for p in sorted(Path(raw_tree).rglob("IMG_*.tif"))]

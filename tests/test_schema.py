@@ -106,7 +106,7 @@ def test_a_lake_holds_what_is_declared(lake):
 
 
 def test_a_view_holds_what_is_declared(monthly_lake):
-    from pipelines.filter import MONTHLY_LEVEL
+    from flair_lake.config import MONTHLY_LEVEL
 
     root = zarr.open_group(monthly_lake, mode="r")
     name = root[schema.VIEWS_GROUP].attrs["latest"]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from flair_lake.config import LOADER_PREFETCH, TrainConfig
 from flair_lake.loader.dataset import LakeDataset, collate, select_rows
 from flair_lake.loader.sampler import EpochBatchSampler
 from flair_lake.loader.threaded import ThreadedLoader
@@ -39,9 +40,10 @@ def _worker_init(_: int) -> None:
     zarr.config.set({"threading.max_workers": 1, "async.concurrency": 8})
 
 
-def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str] | None = "train",
-                batch_size: int = 10, num_workers: int | None = None, shuffle: bool | None = None,
-                distributed: bool = False, seed: int = 0, drop_last: bool = False, prefetch_factor: int = 4,
+def make_loader(lake: str, *, view: str | None = None, split: str | Sequence[str] | None = TrainConfig.train_split,
+                batch_size: int = TrainConfig.batch_size, num_workers: int | None = None, shuffle: bool | None = None,
+                distributed: bool = False, seed: int = 0, drop_last: bool = False,
+                prefetch_factor: int = LOADER_PREFETCH,
                 storage_options: dict | None = None, pin_memory: bool | None = None,
                 skip_empty_months: bool | None = None, use_zarrs: bool | None = None,
                 worker_kind: str | None = None):
