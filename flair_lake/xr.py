@@ -6,19 +6,21 @@
   per stored chunk (one patch), indexed by patch names (``IMG_150001``) and carrying every per-patch column as a
   coordinate, the string codes decoded (domain, zone, split, camera), ``acquired`` as ``datetime64``;
 - ``view``: the filter view (cover, keep and n_dates per patch; a monthly view adds the cube with ``month``
-  1..12 and ``s2_band`` names, ``month_count`` and ``month_days``), aligned with the root's patches so that it
-  inherits their coordinates;
+  1..12 and ``s2_band`` names, ``month_count`` and ``month_days``) on the root's patches, with their per-patch
+  coordinates;
 - ``sentinel/<area>``: each super-area's series (``data``, ``masks``) on a ``time`` coordinate from its dates.
 
 Opening reads metadata and the small per-patch columns only (and each area's ``dates``); pixels are read when a
 computation asks for them. :func:`patch` gives one patch's aerial image and label with x/y coordinates in its CRS
-and the CRS and transform written for rioxarray, so ``.rio.to_raster`` writes the raw GeoTIFF's grid.
+and the CRS and transform written for rioxarray, so ``.rio.to_raster`` writes the raw GeoTIFF's grid;
+:func:`window` a patch's Sentinel-2 window. ``tree.flair.patch(...)`` and ``tree.flair.window(...)`` are the same.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from xarray.backends import ZarrStore
@@ -138,8 +140,6 @@ def _view_dataset(path: str, root, name: str, rows: np.ndarray) -> xr.Dataset:
     for var_name, var in ds.data_vars.items():
         data = _take(var.data, inside, n)
         if inside.size < rows.size:  # rows are sorted: the missing ones come last
-            import dask.array as da
-
             fill = var.encoding.get("fill_value", 0)
             pad = da.full((rows.size - inside.size, *data.shape[1:]), fill, dtype=data.dtype,
                           chunks=(1, *data.shape[1:]))
@@ -215,6 +215,9 @@ def patch(lake: xr.DataTree | xr.Dataset, patch_id: str | int) -> xr.Dataset:
     from affine import Affine
 
     one = _select(_root(lake), patch_id)
+    if int(one[schema.STATUS_ARRAY]) != schema.STATUS_OK:
+        raise UsageError(f"patch {patch_id!r} has status {int(one[schema.STATUS_ARRAY])}, not 1 (ingested): it has "
+                         "no pixels; `flair-lake info LAKE` lists the quarantined patches and why")
     t = Affine.from_gdal(*one["transform"].values.tolist())
     x = t.c + t.a * (np.arange(one.sizes["x"]) + 0.5)
     y = t.f + t.e * (np.arange(one.sizes["y"]) + 0.5)
@@ -255,6 +258,9 @@ def window(tree: xr.DataTree, patch_id: str | int, size: int | None = None) -> x
         size = int(tree[VIEW_NODE].attrs.get("window", schema.S2_WINDOW)) if VIEW_NODE in tree else \
             schema.S2_WINDOW
     r, c, h = int(one["s2_row"]), int(one["s2_col"]), size // 2
-    area = tree[f"{schema.SENTINEL_GROUP}/{str(one['zone'].values)}"].to_dataset(inherit=False)
+    node = f"{schema.SENTINEL_GROUP}/{str(one['zone'].values)}"
+    if schema.SENTINEL_GROUP not in tree.children or node.split("/")[1] not in tree[schema.SENTINEL_GROUP].children:
+        raise UsageError(f"the tree has no super-area {node}; open the lake with sentinel=True (the default)")
+    area = tree[node].to_dataset(inherit=False)
     return area.isel(row=slice(r - h, r - h + size), col=slice(c - h, c - h + size)).assign_coords(
         row=("row", np.arange(r - h, r - h + size)), col=("col", np.arange(c - h, c - h + size)))

@@ -183,6 +183,8 @@ def test_view_and_super_areas_match_the_lake(tree, monthly_lake):
 def test_a_lake_without_a_view(lake):
     tree = open_lake(lake, sentinel=False)
     assert VIEW_NODE not in tree.children and schema.SENTINEL_GROUP not in tree.children
+    with pytest.raises(UsageError, match="sentinel=True"):
+        window(tree, str(tree.to_dataset().patch.values[0]))
     with pytest.raises(LakeStateError, match="not in"):
         open_lake(lake, view="nope")
 
@@ -205,6 +207,8 @@ def test_landed_only_and_a_view_shorter_than_the_lake(tmp_path):
     assert every.sizes["patch"] == n
     assert str(every.patch.values[-1]) == f"row_{n - 1}" and str(every.split.values[-1]) == "unknown"
     assert str(every.domain.values[-1]) == ""
+    with pytest.raises(UsageError, match="status 2"):
+        patch(every, names.patch_name(cols["patch_id"][10]))
 
 
 def test_opening_4096_patches_reads_no_image_or_cube_chunk(tmp_path, monkeypatch):
