@@ -17,6 +17,7 @@ from zarr.storage import LocalStore
 
 from flair_lake import lake as lk
 from flair_lake import schema, storage
+from flair_lake import zarr_compat as zc
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError, UsageError
 from flair_lake.raw import names
@@ -228,9 +229,10 @@ def test_opening_4096_patches_reads_no_image_or_cube_chunk(tmp_path, monkeypatch
 
     monkeypatch.setattr(LocalStore, "get", counting_get)
     monkeypatch.setattr(LocalStore, "get_partial_values", counting_get_partial)
-    t0 = time.perf_counter()
-    tree = open_lake(path)
-    seconds = time.perf_counter() - t0
+    with zarr.config.set(zc.PYTHON_PIPELINE):  # zarr-python's pipeline reads through the store (zarrs does not)
+        t0 = time.perf_counter()
+        tree = open_lake(path)
+        seconds = time.perf_counter() - t0
     print(f"open_lake of 4,096 patches, 64 super-areas and a monthly view: {seconds:.3f} s, {len(reads)} reads")
     chunk_reads = [k for k in reads if "/c/" in k or k.endswith("/c")]
     assert any(k.startswith(f"{schema.STATUS_ARRAY}/c/") for k in chunk_reads)  # the columns are read ...
