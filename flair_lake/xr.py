@@ -101,7 +101,10 @@ def _root_dataset(path: str, root, landed_only: bool) -> tuple[xr.Dataset, np.nd
     order = [*(c.name for c in schema.COORDS), schema.TRANSFORM.name, schema.STATUS_ARRAY]
     cols = [n for n in order if n in ds.data_vars]
     cols += sorted(n for n in ds.data_vars if n not in order and n not in IMAGE_VARS)
-    table = ds[cols].compute()  # the small per-patch columns: one dask compute, their chunks read in parallel
+    # the small per-patch columns, read in one event-loop round (a third of the time of a dask compute of the
+    # same columns), then CF-decoded as the backend would (times)
+    raw = storage.read_arrays(root, cols)
+    table = xr.decode_cf(xr.Dataset({c: xr.Variable(ds[c].dims, raw[c], root[c].attrs.asdict()) for c in cols}))
     n = ds.sizes[schema.PATCH_DIM]
     rows = np.flatnonzero(table[schema.STATUS_ARRAY].values == schema.STATUS_OK) if landed_only else np.arange(n)
     table = table.isel({schema.PATCH_DIM: rows})
