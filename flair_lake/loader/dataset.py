@@ -9,6 +9,7 @@ workers. Samples follow :data:`schema.SAMPLE_KEYS`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -102,21 +103,25 @@ class LakeDataset(torch.utils.data.Dataset):
         if self._arrays is None or self._pid != os.getpid():
             import zarr
 
-            if self.use_zarrs:  # the Rust codec pipeline: safe here, workers are forkserver/spawn processes
-                zarr.config.set(zc.ZARRS_PIPELINE)
-
-            root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
-            arrays = {"aerial": root["aerial"], "label": root["label"]}
-            if self.view:
-                vg = root[f"{schema.VIEWS_GROUP}/{self.view}"]
-                arrays["keep"] = vg["keep"]
-                arrays["n_dates"] = vg["n_dates"]
-                if self.monthly:
-                    # (patch, 12) tables of a few bytes per patch: read whole once, not one chunk per sample
-                    arrays.update(monthly=vg["monthly"], month_count=vg["month_count"][:],
-                                  month_days=vg["month_days"][:])
+            with self._pipeline():
+                root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
+                arrays = {"aerial": root["aerial"], "label": root["label"]}
+                if self.view:
+                    vg = root[f"{schema.VIEWS_GROUP}/{self.view}"]
+                    arrays["keep"] = vg["keep"]
+                    arrays["n_dates"] = vg["n_dates"]
+                    if self.monthly:
+                        # (patch, 12) tables of a few bytes per patch: read whole once, not one chunk per sample
+                        arrays.update(monthly=vg["monthly"], month_count=vg["month_count"][:],
+                                      month_days=vg["month_days"][:])
             self._root, self._arrays, self._pid = root, arrays, os.getpid()
         return self._arrays
+
+    def _pipeline(self):
+        """Return the context in which this dataset opens its arrays: the zarrs (Rust) codec pipeline when
+        ``use_zarrs``. An array keeps the pipeline it was opened with; zarr's settings outside are left as they
+        are, so other zarr users of the process keep theirs."""
+        return zc.config(zc.ZARRS_PIPELINE) if self.use_zarrs else contextlib.nullcontext()
 
     def _read_rows(self, names: Sequence[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
         """Read rows ``rows`` of each named array into one (len(rows), ...) array per name.
@@ -138,11 +143,13 @@ class LakeDataset(torch.utils.data.Dataset):
         row = int(self.rows[i])
         n = int(arrays["n_dates"][row])
         keep = np.asarray(arrays["keep"][row, :n], bool)
-        g = self._root[f"{schema.SENTINEL_GROUP}/{self.areas[int(self.zone[i])]}"]
+        with self._pipeline():
+            g = self._root[f"{schema.SENTINEL_GROUP}/{self.areas[int(self.zone[i])]}"]
+            data, dates = g["data"], g["dates"]
         half = self.window // 2
         r0, c0 = int(self.s2_row[i]) - half, int(self.s2_col[i]) - half
-        win = g["data"][:, :, r0:r0 + self.window, c0:c0 + self.window][keep]
-        days = g["dates"][:][keep].astype("datetime64[D]")
+        win = data[:, :, r0:r0 + self.window, c0:c0 + self.window][keep]
+        days = dates[:][keep].astype("datetime64[D]")
         ref = np.datetime64(f"{int(self.year[i]):04d}-05-15")
         return win.astype(np.float32), (ref - days).astype(np.int64)
 
