@@ -121,7 +121,8 @@ class IngestConfig:
 # --- filter -----------------------------------------------------------------------------------------------------
 COMBINE_RULES = ("union", "sum")
 REDUCERS = ("mean", "median")
-FILTER_PRESETS = ("baseline",)
+BASELINE_PRESET = "baseline"
+FILTER_PRESETS = (BASELINE_PRESET,)
 # blosc-zstd level of the monthly cube with ``--codec zstd``: level 1 encodes fastest for the same decode speed. A
 # module constant, not a FilterConfig field: the fields are recorded in each view's attributes.
 MONTHLY_LEVEL = 1
@@ -228,7 +229,7 @@ class FilterConfig:
             UsageError: no combination of options gives this config.
         """
         if self.is_baseline():
-            out = ["--preset", BASELINE_VIEW]
+            out = ["--preset", BASELINE_PRESET]
         else:
             only_preset = [f"{k}={getattr(self, k)}" for k in ("skip_empty_months", "ref_year")
                            if getattr(self, k) != getattr(FilterConfig, k)]

@@ -176,7 +176,7 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
     p, s = layout.patch_size, layout.patches_per_shard
     specs = {name: storage.create_kwargs(a, 0, storage.role_compressors(a, layout.codec, layout.level))
              for name, a in schema.lake_arrays(p, s).items()}
-    storage.create_arrays(root, specs)  # in one event-loop round
+    zc.create_arrays(root, specs)  # in one event-loop round
     root.require_group(schema.DONE_GROUP)
     root.require_group(schema.SENTINEL_GROUP)
     root.require_group(schema.VIEWS_GROUP)

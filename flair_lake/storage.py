@@ -66,30 +66,10 @@ def create_kwargs(layout: schema.ArrayLayout, n_rows: int, compressors: tuple) -
     return kw
 
 
-def read_arrays(group: zarr.Group, paths: list[str] | tuple[str, ...], rows: slice = slice(None)) -> dict:
-    """Return ``{path: group[path][rows]}``, every array read in one event-loop round instead of one each."""
-    return dict(zip(paths, zc.read_arrays(group, paths, rows)))
-
-
-def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:
-    """Create the arrays ``{name: create_array keyword arguments}`` in ``group`` in one event-loop round."""
-    zc.create_arrays(group, specs)
-
-
-def write_arrays(items: list[tuple[zarr.Array | str, np.ndarray]], rows: slice,
-                 group: zarr.Group | None = None) -> None:
-    """Write ``array[rows] = values`` for each ``(array, values)`` in one event-loop round instead of one each;
-    an array given by its path in ``group`` is opened in the same round."""
-    zc.write_arrays(items, rows, group)
-
-
 def zarrs_available() -> bool:
     """Return True when the zarrs codec pipeline (Rust; extra ``fast``) is installed and usable with this zarr
     (:func:`flair_lake.zarr_compat.zarrs_supported`)."""
     return zc.zarrs_supported()
-
-
-ZARRS_PIPELINE = zc.ZARRS_PIPELINE  # zarr config of the Rust codec pipeline
 
 
 def rust_codecs(lake: str):

@@ -27,7 +27,8 @@ from xarray.backends import ZarrStore
 from xarray.coding.times import CFDatetimeCoder
 
 from flair_lake import lake as lk
-from flair_lake import schema, storage
+from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.errors import UsageError
 from flair_lake.raw.names import parse_patch_name, patch_name
 
@@ -103,7 +104,7 @@ def _root_dataset(path: str, root, landed_only: bool) -> tuple[xr.Dataset, np.nd
     cols += sorted(n for n in ds.data_vars if n not in order and n not in IMAGE_VARS)
     # the small per-patch columns, read in one event-loop round (a third of the time of a dask compute of the
     # same columns), then CF-decoded as the backend would (times)
-    raw = storage.read_arrays(root, cols)
+    raw = zc.read_arrays(root, cols)
     table = xr.decode_cf(xr.Dataset({c: xr.Variable(ds[c].dims, raw[c], root[c].attrs.asdict()) for c in cols}))
     n = ds.sizes[schema.PATCH_DIM]
     rows = np.flatnonzero(table[schema.STATUS_ARRAY].values == schema.STATUS_OK) if landed_only else np.arange(n)
@@ -166,7 +167,7 @@ def _sentinel_datasets(path: str, root) -> dict[str, xr.Dataset]:
     areas = sorted(group.groups()) if group is not None else []
     if not areas:
         return {}
-    days = storage.read_arrays(group, [f"{name}/{DATES}" for name, _ in areas])
+    days = zc.read_arrays(group, [f"{name}/{DATES}" for name, _ in areas])
     dates_attrs = schema.sentinel_arrays(0, 0, 0)[DATES].attributes()
     with ThreadPoolExecutor(OPEN_THREADS) as pool:
         datasets = pool.map(lambda g: _open_group_dataset(path, g[1], drop=(DATES,)), areas)

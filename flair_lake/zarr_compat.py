@@ -120,16 +120,16 @@ def in_one_round(coros) -> list:
     return sync(gather())
 
 
-def read_arrays(group: zarr.Group, paths: Sequence[str], rows: slice) -> list[np.ndarray]:
-    """Return ``group[path][rows]`` for each path, in one event-loop round (one by one without the internals)."""
+def read_arrays(group: zarr.Group, paths: Sequence[str], rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Return ``{path: group[path][rows]}``, in one event-loop round (one by one without the internals)."""
     if not internals_supported():
-        return [group[p][rows] for p in paths]
+        return {p: group[p][rows] for p in paths}
 
     async def read(path: str):
         arr = await group._async_group.getitem(path)
         return await arr.getitem(rows)
 
-    return in_one_round([read(p) for p in paths])
+    return dict(zip(paths, in_one_round([read(p) for p in paths])))
 
 
 def create_arrays(group: zarr.Group, specs: dict[str, dict]) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema, storage
+from flair_lake import zarr_compat as zc
 from flair_lake.chunkio import write_shard
 from flair_lake.config import MONTHLY_LEVEL, FilterConfig
 from flair_lake.info import report_lines
@@ -132,7 +133,7 @@ def _filter_shard(task: FilterTask) -> dict:
     columns = {"cover": cover, "keep": keep, "n_dates": n_dates}
     if monthly is not None:
         columns.update(month_count=counts, month_days=days)
-    storage.write_arrays([(storage.open_array(root, task.lake, f"{view}/{k}"), v) for k, v in columns.items()],
+    zc.write_arrays([(storage.open_array(root, task.lake, f"{view}/{k}"), v) for k, v in columns.items()],
                          slice(a, b))
     phases["write"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - t_start
@@ -200,7 +201,7 @@ def _create_view(root, name: str, cfg: FilterConfig, s: int, n: int, t_max: int,
     layouts = schema.view_arrays(s, t_max, window, cfg.monthly, reducer=cfg.reducer)
     specs = {name: storage.create_kwargs(a, n, storage.role_compressors(a, cfg.codec, MONTHLY_LEVEL))
              for name, a in layouts.items()}
-    storage.create_arrays(vg, specs)  # one round of metadata writes, not one per array
+    zc.create_arrays(vg, specs)  # one round of metadata writes, not one per array
 
 
 def begin_run(root, plan: FilterPlan) -> None:
@@ -255,7 +256,7 @@ def build_report(root, name: str, coords: dict | None = None, results: list[dict
     need = [k for k in (schema.STATUS_ARRAY, "patch_id", "domain") if coords is None or k not in coords]
     if results is None:
         need += [f"{path}/keep", f"{path}/n_dates"] + ([f"{path}/month_count"] if monthly else [])
-    cols = {**(coords or {}), **storage.read_arrays(root, need)}
+    cols = {**(coords or {}), **zc.read_arrays(root, need)}
     n = cols[schema.STATUS_ARRAY].shape[0]
     if results is None:
         kept, n_dates = cols[f"{path}/keep"].sum(1), cols[f"{path}/n_dates"]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema, storage
+from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError
 
@@ -81,7 +82,7 @@ class FilterState:
                               shapes={name: tuple(arr.shape) for name, arr in vg.arrays()},
                               finished=frozenset(lk.read_markers(root, f"{path}/done")))
         return cls(per_shard=int(attrs["patches_per_shard"]), areas=list(attrs.get("areas", [])), area_shapes=shapes,
-                   coords=storage.read_arrays(root, COORDS + REPORT_COORDS), runs=list(attrs.get("runs", [])),
+                   coords=zc.read_arrays(root, COORDS + REPORT_COORDS), runs=list(attrs.get("runs", [])),
                    view=state)
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema, storage
+from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError, RawFormatError
 from flair_lake.raw import names
@@ -127,7 +128,7 @@ def _write_coords(root, rows: range, patches: list[PatchFiles]) -> None:
         "s2_col": np.array([p.centroid[1] for p in patches], np.int32),
         "has_label": np.array([p.label is not None for p in patches], np.uint8),
     }
-    storage.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
+    zc.write_arrays(list(cols.items()), slice(rows.start, rows.stop), root)
 
 
 def ingest(raw: str | Path, lake: str, cfg: IngestConfig | None = None, *,

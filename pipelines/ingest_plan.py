@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema, storage
+from flair_lake import schema
+from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
 from flair_lake.errors import FlairLakeError
 from flair_lake.raw import names
@@ -69,7 +70,7 @@ class LakeState:
     def read(cls, root) -> LakeState:
         """Return the state of the lake ``root`` (the per-patch columns in one event-loop round)."""
         attrs = root.attrs.asdict()
-        cols = storage.read_arrays(root, ("patch_id", schema.STATUS_ARRAY))
+        cols = zc.read_arrays(root, ("patch_id", schema.STATUS_ARRAY))
         return cls(patch_size=int(attrs["patch_size"]), per_shard=int(attrs["patches_per_shard"]),
                    runs=list(attrs.get("runs", [])), patch_id=cols["patch_id"], status=cols[schema.STATUS_ARRAY],
                    quarantine=dict(attrs.get("quarantine", {})), complete_shards=frozenset(lk.read_markers(root)),

@@ -65,13 +65,13 @@ def build_table_lake(path: str, n_patches: int = 4096, patches_per_area: int = 6
     empty = cols[schema.STATUS_ARRAY] == schema.STATUS_EMPTY
     for spec in (*schema.COORDS, schema.TRANSFORM):  # rows without a patch hold fill values, as padding does
         cols[spec.name][empty] = spec.fill_value
-    storage.write_arrays(list(cols.items()), slice(0, n_patches), root)
+    zc.write_arrays(list(cols.items()), slice(0, n_patches), root)
     dates = (np.arange(n_dates, dtype=np.int32) * 9 + 18_262)  # 2020-01-01 onwards
     for area in areas:
         g = root.require_group(f"{schema.SENTINEL_GROUP}/{area}")
         specs = {name: storage.create_kwargs(a, n_dates, storage.role_compressors(a))
                  for name, a in schema.sentinel_arrays(n_dates, 50, 50).items()}
-        storage.create_arrays(g, specs)
+        zc.create_arrays(g, specs)
         g["dates"][:] = dates
         g.attrs.update({"domain": area.split("-")[0], "zone": area.split("-")[1], "complete": True})
     cfg = FilterConfig(monthly=True)
@@ -81,7 +81,7 @@ def build_table_lake(path: str, n_patches: int = 4096, patches_per_area: int = 6
                                                                           "complete": True})
     layouts = schema.view_arrays(schema.PATCHES_PER_SHARD, n_dates, schema.S2_WINDOW, True, reducer=cfg.reducer)
     rows = n_patches if view_rows is None else view_rows
-    storage.create_arrays(vg, {k: storage.create_kwargs(a, rows, storage.role_compressors(a))
+    zc.create_arrays(vg, {k: storage.create_kwargs(a, rows, storage.role_compressors(a))
                                for k, a in layouts.items()})
     root[schema.VIEWS_GROUP].attrs["latest"] = name
     return cols

@@ -52,8 +52,8 @@ def test_lake_helpers_give_the_same_lake_either_way(tmp_path):
         with zc.internals_forced(mode):
             root = lk.create_lake(path, lk.Layout(patch_size=16, patches_per_shard=4))
             lk.grow(root, 10)
-            storage.write_arrays([("patch_id", cols["patch_id"]), (root["split"], cols["split"])], slice(0, 10), root)
-            got = storage.read_arrays(root, ("patch_id", "split", "status"))
+            zc.write_arrays([("patch_id", cols["patch_id"]), (root["split"], cols["split"])], slice(0, 10), root)
+            got = zc.read_arrays(root, ("patch_id", "split", "status"))
         assert np.array_equal(got["patch_id"], cols["patch_id"]) and np.array_equal(got["split"], cols["split"])
         assert np.array_equal(got["status"], np.zeros(10, np.uint8))
         lakes[mode] = _files(path)
@@ -144,6 +144,6 @@ def test_the_table_reads_the_same_either_way(lake):
     table = [n for n in names if n not in ("aerial", "label")]
     for enabled in (True, False):
         with zc.internals_forced(enabled):
-            got = storage.read_arrays(root, table)
+            got = zc.read_arrays(root, table)
         for n in table:
             np.testing.assert_array_equal(got[n], root[n][:], err_msg=n)

@@ -82,7 +82,7 @@ class LakeDataset(torch.utils.data.Dataset):
             if self.view else schema.S2_WINDOW
         cams = np.array(["UCE" in c for c in root.attrs["cameras"]] or [False])
         r = self.rows
-        cols = storage.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
+        cols = zc.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",
                                      "camera", "zone", "s2_row", "s2_col", "has_label"))
         self.patch_ids = cols["patch_id"][r].astype(np.int64)
         self.mtd = encode_metadata(cols["centroid_x"][r], cols["centroid_y"][r], cols["centroid_z"][r],

@@ -224,10 +224,15 @@ def _images_by_id(tree: RawTree, aer_dir: Path) -> dict[int, Path]:
         if pid is None:
             continue
         if pid in images:
-            tree.duplicates[str(path)] = f"{path}: id {pid} already seen at {images[pid]}; ids must be unique"
+            _add_duplicate(tree, pid, path, images[pid])
             continue
         images[pid] = path
     return images
+
+
+def _add_duplicate(tree: RawTree, pid: int, img: Path, first: Path) -> None:
+    """Record ``img`` as ignored: the image ``first`` already has its id."""
+    tree.duplicates[str(img)] = f"{img}: id {pid} already seen at {first}; ids must be unique"
 
 
 def _add_patch(tree: RawTree, pid: int, img: Path, labels: dict[int, Path], lab_dir: Path | None,
@@ -238,7 +243,7 @@ def _add_patch(tree: RawTree, pid: int, img: Path, labels: dict[int, Path], lab_
     """
     domain, zone = img.parents[2].name, img.parents[1].name
     if pid in tree.patches:  # the first image of an id in path order is the patch; a second one is reported
-        tree.duplicates[str(img)] = f"{img}: id {pid} already seen at {tree.patches[pid].image}; ids must be unique"
+        _add_duplicate(tree, pid, img, tree.patches[pid].image)
         return
     reason = _patch_problem(tree, pid, img, domain, zone, labels, lab_dir, side, sat_window)
     if reason:

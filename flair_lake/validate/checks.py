@@ -232,21 +232,22 @@ def _check_areas(c: Checker, ok: np.ndarray) -> None:
         name = areas[int(code)]
         members = ok & (zone == code)
         g = c.root.get(f"{schema.SENTINEL_GROUP}/{name}")
+        arrays = dict(g.arrays()) if g is not None else {}  # each zarr.json read once
         run = c.run_of_row(int(np.flatnonzero(members)[0])) or {}
         fix = (f"re-run `flair-lake ingest {run.get('raw', 'RAW')} {c.lake}`" if run.get("status") == "running" else
                f"delete {c.lake}/{schema.SENTINEL_GROUP}/{name} and re-ingest (ingest rewrites areas without "
                "'complete' only while their run is recorded as running); or re-ingest into a new lake")
         expected = tuple(schema.sentinel_arrays(0, 0, 0))
-        if not c.check(g is not None and all(k in g for k in expected),
+        if not c.check(g is not None and all(k in arrays for k in expected),
                        f"super-area {name} referenced by patches {patch_ids(c.patch_id[members])} is missing or lacks "
                        f"{'/'.join(expected)}; fix: {fix}"):
             continue
         c.check(bool(g.attrs.get("complete")), f"super-area {name} is not marked complete; fix: {fix}")
-        if not _check_area_layout(c, g, name, f"fix: {fix}"):
+        if not _check_area_layout(c, arrays, name, f"fix: {fix}"):
             continue
-        t, _, h, w = g["data"].shape
+        t, _, h, w = arrays["data"].shape
         c.areas_t[int(code)] = t
-        c.check(g["masks"].shape[0] == t and g["dates"].shape[0] == t,
+        c.check(arrays["masks"].shape[0] == t and arrays["dates"].shape[0] == t,
                 f"super-area {name}: data, masks and dates disagree on the number of dates; fix: {fix}")
         out = members & ((rows - half < 0) | (rows + half > h) | (cols - half < 0) | (cols + half > w))
         c.check(not out.any(), f"the {schema.S2_WINDOW}x{schema.S2_WINDOW} window of patches "
@@ -254,29 +255,30 @@ def _check_areas(c: Checker, ok: np.ndarray) -> None:
                 "a new lake")
 
 
-def _check_area_layout(c: Checker, g, name: str, fix: str) -> bool:
-    """Check the arrays of super-area ``name`` against :func:`schema.sentinel_arrays` of its ``data``'s dates and
-    grid (metadata only). Return False when ``data`` has not the four dims the other checks unpack."""
-    shape = tuple(g["data"].shape)
+def _check_area_layout(c: Checker, arrays: dict, name: str, fix: str) -> bool:
+    """Check the ``arrays`` of super-area ``name`` against :func:`schema.sentinel_arrays` of its ``data``'s dates
+    and grid (metadata only). Return False when ``data`` has not the four dims the other checks unpack."""
+    shape = tuple(arrays["data"].shape)
     ndim = len(schema.sentinel_arrays(0, 0, 0)["data"].dims)
     if not c.check(len(shape) == ndim, f"super-area {name}: array data has shape {shape}, expected {ndim} dims; "
                    f"{fix}"):
         return False
     for arr_name, layout in schema.sentinel_arrays(shape[0], shape[2], shape[3]).items():
         where = f"super-area {name}: array {arr_name}"
-        check_trailing(c, g[arr_name], layout, where, fix)
-        check_storage(c, g[arr_name], layout, where, fix)
+        check_trailing(c, arrays[arr_name], layout, where, fix)
+        check_storage(c, arrays[arr_name], layout, where, fix)
     return True
 
 
-def view_layouts(c: Checker, g) -> dict[str, schema.ArrayLayout]:
-    """Return the layout of every array the view ``g`` should hold (:func:`schema.view_arrays` of its parameters
-    and window), its date axis as long as the longest of its arrays that has one."""
+def view_layouts(c: Checker, g, arrays: dict) -> dict[str, schema.ArrayLayout]:
+    """Return the layout of every array the view ``g`` (its ``arrays`` opened) should hold
+    (:func:`schema.view_arrays` of its parameters and window), its date axis as long as the longest of its arrays
+    that has one."""
     params = g.attrs.get("params", {})
     window = int(g.attrs.get("window", schema.S2_WINDOW))
     monthly = bool(params.get("monthly"))
     axes = schema.date_axes(schema.view_arrays(c.per_shard, 0, window, monthly))
-    t = max((g[k].shape[axis] for k, axis in axes.items() if k in g and g[k].ndim > axis), default=0)
+    t = max((arrays[k].shape[axis] for k, axis in axes.items() if k in arrays and arrays[k].ndim > axis), default=0)
     return schema.view_arrays(c.per_shard, t, window, monthly, reducer=params.get("reducer"))
 
 
@@ -318,21 +320,22 @@ def check_views(c: Checker) -> None:
     for name, g in sorted(vg.groups()):
         fix, action = c.view_fix(name)
         overwrite = f"re-run `{c.filter_cmd(name, overwrite=True)}`"
-        for arr_name, arr in g.arrays():
+        arrays = dict(g.arrays())  # each zarr.json read once
+        for arr_name, arr in arrays.items():
             c.check(arr.shape[0] == c.n, f"view {name}: {arr_name} has {arr.shape[0]} rows, the lake {c.n}; "
                     f"fix: {fix} (it grows the view)", action)
-        layouts = view_layouts(c, g)
-        missing = [k for k in layouts if k not in g]
+        layouts = view_layouts(c, g, arrays)
+        missing = [k for k in layouts if k not in arrays]
         c.check(not missing, f"view {name} lacks {', '.join(missing)}; fix: {overwrite}")
         for arr_name, layout in layouts.items():
-            if arr_name in g:
-                check_trailing(c, g[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
-                check_storage(c, g[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
+            if arr_name in arrays:
+                check_trailing(c, arrays[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
+                check_storage(c, arrays[arr_name], layout, f"view {name}: array {arr_name}", f"fix: {overwrite}")
         if set(missing) & set(schema.view_arrays(c.per_shard, 0, 0, monthly=False)):  # read below
             continue
         c.check(bool(g.attrs.get("complete")), f"view {name} is not complete; fix: {fix}", action)
-        n_dates = g["n_dates"][:].astype(np.int64)
-        keep = g["keep"][:]
+        n_dates = arrays["n_dates"][:].astype(np.int64)
+        keep = arrays["keep"][:]
         rows = min(keep.shape[0], c.n)
         prefix = f"{schema.VIEWS_GROUP}/{name}/done"
         done = np.zeros(rows, bool)  # rows of the shards filter finished; the others are still to be written
