@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,16 @@ from flair_lake.errors import (
     LakeNotFoundError,
     LakeStateError,
     TargetNotWritableError,
+    UnreachableError,
 )
+from flair_lake.locations import unwritable
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "flair-lake"
 
 
-class StoreUnreachableError(FlairLakeError, ConnectionError):
+class StoreUnreachableError(UnreachableError):
     """The object store of a lake URL cannot be used (endpoint, credentials, bucket)."""
 
 
@@ -102,6 +103,9 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
     """
     if not storage.is_url(lake) and not Path(lake).exists():
         raise LakeNotFoundError(f"no lake at {lake}; create one with `flair-lake ingest RAW {lake}`")
+    if not storage.is_url(lake) and not Path(lake).is_dir():
+        raise LakeStateError(f"{lake} is a file, not a lake (a lake is a folder holding zarr.json); give the lake's "
+                             "folder, e.g. lake.zarr")
     try:
         group = _open_group(lake, mode=mode, storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
@@ -117,10 +121,24 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
     if attrs.get("format") != FORMAT_NAME:
         raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "
                              "give the path of a lake written by `flair-lake ingest`")
-    if int(attrs.get("schema_version", 0)) > schema.SCHEMA_VERSION:
+    if schema_version(attrs, lake) > schema.SCHEMA_VERSION:
         raise LakeStateError(f"{lake} has schema {attrs['schema_version']}, newer than this flair-lake "
                              f"({schema.SCHEMA_VERSION}); upgrade flair-lake")
     return group
+
+
+def schema_version(attrs: dict, lake: str) -> int:
+    """Return the schema version the root attrs ``attrs`` of ``lake`` record.
+
+    Raises:
+        CorruptMetadataError: it is missing or not a whole number (the root zarr.json was edited or damaged).
+    """
+    value = attrs.get("schema_version")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise CorruptMetadataError(f"{lake}/zarr.json records schema_version {value!r}, not a version number; the file "
+                               f"was edited or damaged: restore it from a backup, or set attributes.schema_version "
+                               f"back to {schema.SCHEMA_VERSION} if the lake was written by this flair-lake")
 
 
 def lake_exists(lake: str, *, storage_options: dict | None = None) -> bool:
@@ -144,18 +162,9 @@ def check_writable(lake: str) -> None:
     p = Path(lake)
     if p.exists() and not p.is_dir():
         raise TargetNotWritableError(f"{lake} exists and is not a folder; give a new path such as lake.zarr")
-    parent = p if p.exists() else p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TargetNotWritableError(f"cannot write {lake}: {parent} is a file, not a folder; choose a path "
-                                     "in a writable folder")
-    try:  # a real probe: permission bits say nothing for root, read-only mounts or pseudo file systems
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise TargetNotWritableError(f"cannot write {lake}: {parent} is not writable ({exc.strerror or exc}); "
-                                     "choose a writable folder") from None
+    why = unwritable(p)
+    if why:
+        raise TargetNotWritableError(f"cannot write {lake}: {why}; choose a writable folder")
     if p.exists() and any(p.iterdir()) and not (p / "zarr.json").exists():
         raise TargetNotWritableError(f"{lake} is a non-empty folder that is not a lake; give a new path")
 

@@ -6,6 +6,7 @@ contract for users. Bump :data:`SCHEMA_VERSION` whenever a reader of an older la
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +267,23 @@ def date_axes(layouts: dict[str, ArrayLayout]) -> dict[str, int]:
 
 SENTINEL_GROUP = "sentinel"  # sentinel/<area>/{data,masks,dates}
 VIEWS_GROUP = "views"  # views/<name>/...
+# a view's name: one path segment of letters, digits, '.', '_', '-', not starting with '.' (so never '.' or '..'),
+# and not zarr's metadata file
+VIEW_NAME_RE = re.compile(r"(?!zarr\.json$)[A-Za-z0-9_][A-Za-z0-9._-]{0,119}")
+
+
+def check_view_name(name: str) -> str:
+    """Return ``name`` when it may name a view (:data:`VIEW_NAME_RE`).
+
+    Raises:
+        UsageError: any other name (a path, '..', spaces, zarr.json, over 120 characters).
+    """
+    from flair_lake.errors import UsageError
+
+    if not VIEW_NAME_RE.fullmatch(name):
+        raise UsageError(f"view name {name!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 120, "
+                         "not starting with '.'), e.g. --name clear-monthly")
+    return name
 DONE_GROUP = "done"  # per-shard completion markers, written after the data
 
 # --- the sample contract (loader -> model -> tests) --------------------------------------------------------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 
 from flair_lake import config
-from flair_lake.errors import FlairLakeError
+from flair_lake.errors import UnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def rate_text(count: int, seconds: float, startup: float = 0.0) -> str:
     return text + ")"
 
 
-class SchedulerUnreachableError(FlairLakeError, ConnectionError):
+class SchedulerUnreachableError(UnreachableError):
     """The Dask scheduler given with --scheduler cannot be reached."""
 
 
@@ -76,6 +78,25 @@ def _current_client(scheduler: str):
     if client.status == "running" and client.scheduler is not None and client.scheduler.address == scheduler:
         return client
     return None
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start the LocalCluster's worker processes ignoring SIGINT; this process takes Ctrl-C again after.
+
+    Ctrl-C in a terminal signals the whole process group: worker processes that took it would each print their
+    traceback. An ignored signal stays ignored across fork and exec (a blocked one does not: multiprocessing's
+    spawn clears the mask), so only the coordinator sees Ctrl-C; it closes the cluster (``dask_client``) and says
+    what landed. A Ctrl-C during the start-up itself (about a second) is ignored: press it again.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -118,8 +139,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     t0 = time.perf_counter()
     with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error",
                           **worker_dask_config()}):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR, env=dict(WORKER_ENV))
         client = Client(cluster)
         if timing is not None:
             timing.update(startup=time.perf_counter() - t0, workers=n)

@@ -13,8 +13,7 @@ import click
 
 from flair_lake import config, schema
 from flair_lake.cli import (
-    CONTEXT_SETTINGS,
-    handle_errors,
+    command,
     lake_argument,
     scheduler_option,
     storage_option,
@@ -22,7 +21,7 @@ from flair_lake.cli import (
 )
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @click.argument("raw", type=click.Path(file_okay=False))
 @lake_argument
 @scheduler_option
@@ -40,7 +39,6 @@ from flair_lake.cli import (
 @click.option("--centroids", "centroids_path", type=click.Path(dir_okay=False),
               help="flair-2_centroids_sp_to_patch.json when it is not next to the tree.")
 @storage_option
-@handle_errors
 def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path,
            centroids_path, storage_options):
     """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default $FLAIR_LAKE or ./lake.zarr).
@@ -61,7 +59,7 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
     sys.exit(summary.exit_code)
 
 
-@click.command("filter", context_settings=CONTEXT_SETTINGS)
+@command("filter")
 @lake_argument
 @click.option("--cloud", "max_cover", type=click.FloatRange(0, 1),
               help=f"Drop a date when this FRACTION (0..1) of the patch's {schema.S2_WINDOW}x"
@@ -84,12 +82,12 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
               "months skipped, day offsets to 15 May 2021); options that agree with it may be given too.")
 @click.option("--codec", type=click.Choice(config.CODECS), default=config.FilterConfig.codec, show_default=True,
               help="Compression of the monthly cube: lz4 decodes fastest for the loader, zstd is ~3 % smaller.")
-@click.option("--name", help="View name (default: derived from the parameters).")
+@click.option("--name", callback=lambda _ctx, _param, v: v and schema.check_view_name(v),
+              help="View name: letters, digits, '.', '_', '-' (default: derived from the parameters).")
 @click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
 @scheduler_option
 @workers_option
 @storage_option
-@handle_errors
 def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, codec, name, overwrite,
                scheduler, workers, storage_options):
     """Drop cloudy and snowy dates and build monthly composites, once, as a named view in LAKE.

@@ -22,6 +22,7 @@ from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.chunkio import write_shard
 from flair_lake.config import MONTHLY_LEVEL, FilterConfig
+from flair_lake.errors import Interrupted
 from flair_lake.info import report_lines
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import composite_windows, month_day_offsets
@@ -174,7 +175,12 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         summary.up_to_date = True
         return summary
     begin_run(root, plan)
-    results = _run_tasks(plan.tasks, scheduler, workers, progress, summary) if plan.tasks else []
+    try:
+        results = _run_tasks(plan.tasks, scheduler, workers, progress, summary) if plan.tasks else []
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the view stays incomplete; the same command resumes
+        raise Interrupted.of(exc, landed=f"{summary.shards_written} of {len(plan.tasks)} shard(s) of view "
+                             f"{name} landed in {lake} and are kept",
+                             resume="run the same command again to filter the rest") from None
     forget_listings(root.store)  # the view's markers the tasks wrote: listed by whatever reads the view next
     record_report(root, plan, state, results, summary, t0)
     return summary

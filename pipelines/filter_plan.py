@@ -126,7 +126,7 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
     if t_max == 0:
         raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
                              "its flair_sen_* folders")
-    name = name or cfg.view_name()
+    name = schema.check_view_name(name or cfg.view_name())
     params = dataclasses.asdict(cfg)
     view = state.view
     if view is not None and view.params != params and not overwrite:

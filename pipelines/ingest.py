@@ -22,7 +22,7 @@ from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
-from flair_lake.errors import FlairLakeError, RawFormatError
+from flair_lake.errors import EXIT_OK, EXIT_PARTIAL, FlairLakeError, Interrupted, RawFormatError
 from flair_lake.raw import names
 from flair_lake.raw.discover import PatchFiles, RawTree, discover
 from pipelines.ingest_plan import IngestPlan, LakeState, plan_ingest
@@ -30,7 +30,6 @@ from pipelines.ingest_tasks import write_area, write_patch_shard
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_PARTIAL = 0, 3
 _EPOCH_DT = dt.datetime(1970, 1, 1)
 
 
@@ -158,8 +157,13 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig | None = None, *,
                             shards_skipped=plan.shards_skipped, areas_skipped=plan.areas_skipped,
                             duplicates=sorted(tree.duplicates.values()))
     begin_runs(root, plan)
-    written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
-               if plan.shard_tasks or plan.area_tasks else set())
+    try:
+        written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
+                   if plan.shard_tasks or plan.area_tasks else set())
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the runs stay "running"; the same command resumes
+        raise Interrupted.of(exc, landed=f"{summary.shards_written} of {len(plan.shard_tasks)} shard(s) and "
+                             f"{summary.areas_written} of {len(plan.area_tasks)} super-area(s) landed in {lake} "
+                             "and are kept", resume="run the same command again to write the rest") from None
     forget_listings(root.store)  # the markers and super-areas the tasks wrote are listed next
     record_outcome(root, plan, written, summary, t0)
     return summary

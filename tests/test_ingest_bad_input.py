@@ -240,8 +240,8 @@ def test_ingest_function_reports_the_quarantine(tmp_path):
 
 
 # --- fatal: one line, exit 1, nothing written ---------------------------------------------------------------
-def _assert_fatal(res, lake: Path, *needles: str) -> None:
-    assert res.exit_code == 1, res.output
+def _assert_fatal(res, lake: Path, *needles: str, code: int = 1) -> None:
+    assert res.exit_code == code, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert res.stderr.strip() == lines[0] and not res.stdout.strip()
@@ -285,7 +285,7 @@ def test_target_under_a_file(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     lake = tmp_path / "afile" / "lake.zarr"
     res = run_ingest(raw, lake)
-    _assert_fatal(res, lake, str(lake), "is a file, not a folder")
+    _assert_fatal(res, lake, str(lake), "is a file, not a folder", code=2)
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
@@ -294,7 +294,7 @@ def test_target_in_a_folder_nobody_can_write(tmp_path):
     raw = make_tree(tmp_path)
     lake = Path("/proc/flair-lake-test/lake.zarr")
     res = run_ingest(raw, lake)
-    _assert_fatal(res, lake, str(lake), "/proc is not writable", "choose a writable folder")
+    _assert_fatal(res, lake, str(lake), "/proc is not writable", "choose a writable folder", code=2)
 
 
 def test_target_is_a_file(tmp_path):
@@ -302,7 +302,7 @@ def test_target_is_a_file(tmp_path):
     lake = tmp_path / "lake.zarr"
     lake.write_text("mine")
     res = run_ingest(raw, lake)
-    _assert_fatal(res, lake, str(lake), "is not a folder", "give a new path")
+    _assert_fatal(res, lake, str(lake), "is not a folder", "give a new path", code=2)
     assert lake.read_text() == "mine"
 
 
@@ -312,7 +312,7 @@ def test_target_is_a_non_lake_folder(tmp_path):
     lake.mkdir()
     (lake / "notes.txt").write_text("mine")
     res = run_ingest(raw, lake)
-    _assert_fatal(res, lake, str(lake), "non-empty folder that is not a lake", "give a new path")
+    _assert_fatal(res, lake, str(lake), "non-empty folder that is not a lake", "give a new path", code=2)
     assert [p.name for p in lake.iterdir()] == ["notes.txt"]
 
 

@@ -14,9 +14,9 @@ from importlib.metadata import EntryPoint, entry_points
 import click
 
 from flair_lake.cli import lake, train
+from flair_lake.cli.failures import CONTEXT_SETTINGS, Command, OneLineFailures
 from flair_lake.cli.options import (
-    CONTEXT_SETTINGS,
-    handle_errors,
+    command,
     lake_argument,
     parse_split,
     parse_storage_options,
@@ -25,7 +25,7 @@ from flair_lake.cli.options import (
     workers_option,
 )
 
-__all__ = ["CONTEXT_SETTINGS", "ENTRY_POINT_GROUP", "PluginGroup", "handle_errors", "lake_argument", "main",
+__all__ = ["CONTEXT_SETTINGS", "ENTRY_POINT_GROUP", "Command", "PluginGroup", "command", "lake_argument", "main",
            "parse_split", "parse_storage_options", "scheduler_option", "storage_option", "workers_option"]
 
 ENTRY_POINT_GROUP = "flair_lake.commands"
@@ -44,8 +44,11 @@ def _unloadable(name: str, entry_point: EntryPoint, exc: Exception) -> click.Com
     return broken
 
 
-class PluginGroup(click.Group):
-    """A click group with its own commands plus those an entry-point group names, imported on first use."""
+class PluginGroup(OneLineFailures, click.Group):
+    """A click group with its own commands plus those an entry-point group names, imported on first use.
+
+    Every failure of its commands, plugins included, ends as one line (:mod:`flair_lake.cli.failures`).
+    """
 
     def __init__(self, *args, entry_point_group: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)

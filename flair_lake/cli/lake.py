@@ -8,10 +8,10 @@ import sys
 import click
 
 from flair_lake import config
-from flair_lake.cli.options import CONTEXT_SETTINGS, handle_errors, lake_argument, storage_option
+from flair_lake.cli.options import command, lake_argument, storage_option
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(sorted(config.SYNTH_PRESETS)), default=config.SYNTH_PRESET,
               show_default=True, help="Sizes to start from; the options below override them.")
@@ -23,7 +23,6 @@ from flair_lake.cli.options import CONTEXT_SETTINGS, handle_errors, lake_argumen
               "footprint is kept.")
 @click.option("--seed", type=int, default=config.SynthConfig.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the content of a non-empty OUT.")
-@handle_errors
 def synth(out, preset, domains, zones_per_domain, patches_per_zone, patch_size, seed, overwrite):
     """Write a learnable synthetic FLAIR #2 tree in the exact raw layout to OUT."""
     from flair_lake.synth import synthesize
@@ -37,11 +36,10 @@ def synth(out, preset, domains, zones_per_domain, patches_per_zone, patch_size, 
                + json.dumps(summary["patches_per_split"]))
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @lake_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @storage_option
-@handle_errors
 def info(lake, as_json, storage_options):
     """Describe LAKE: patches per split and domain, arrays, sizes, runs, quarantine, views."""
     from flair_lake.info import describe, format_report
@@ -50,7 +48,7 @@ def info(lake, as_json, storage_options):
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @lake_argument
 @click.option("--deep", is_flag=True, help="Also decode every shard of aerial, label and the views' monthly "
               "cubes, naming the patches of missing, truncated or corrupt shards.")
@@ -59,7 +57,6 @@ def info(lake, as_json, storage_options):
               "it; the same for a view's monthly shard; strip NUL padding from metadata. Then print the ingest "
               "and filter commands that rewrite exactly those shards. With --deep it repairs what --deep finds.")
 @storage_option
-@handle_errors
 def validate(lake, deep, repair, storage_options):
     """Check LAKE against the lake contract; list each problem with the command that repairs it.
 
@@ -76,7 +73,7 @@ def validate(lake, deep, repair, storage_options):
     sys.exit(report.exit_code)
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @lake_argument
 @click.option("--patch", "patch_ids", multiple=True, help="Patch id (IMG_040001 or 40001); repeatable.")
 @click.option("--random", "random_n", type=int, help="Show N random ingested patches instead.")
@@ -84,7 +81,6 @@ def validate(lake, deep, repair, storage_options):
 @click.option("--view", help="View whose monthly cube is shown [default: the latest with one].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @storage_option
-@handle_errors
 def preview(lake, patch_ids, random_n, seed, view, out, storage_options):
     """Quick-look PNG of patches of LAKE: colour, NIR, elevation, label, monthly Sentinel-2 strip, NDVI."""
     from flair_lake.preview import render_preview
@@ -96,12 +92,11 @@ def preview(lake, patch_ids, random_n, seed, view, out, storage_options):
                + ", ".join(patch_name(i) for i in res["patch_ids"]) + f"; view {res['view']}")
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @lake_argument
 @click.option("--view", help="View for the NDVI and cloud statistics [default: the latest with a monthly cube].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for CSVs and PNGs.")
 @storage_option
-@handle_errors
 def stats(lake, view, out, storage_options):
     """Class distribution per split, mean NDVI per class through the year, dates dropped per month and domain."""
     from flair_lake.stats import write_stats

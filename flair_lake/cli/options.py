@@ -1,56 +1,19 @@
-"""What every ``flair-lake`` command shares: the error handler and the options declared once.
+"""What every ``flair-lake`` command shares: its class (:mod:`flair_lake.cli.failures`) and the options declared once.
 
 Plugin commands (``pipelines.commands``) import these through :mod:`flair_lake.cli`.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import json
-import logging
-import sys
-
 import click
 
 from flair_lake import config
-from flair_lake.errors import CorruptMetadataError, FlairLakeError
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}  # also for commands run alone (the train/ scripts)
+from flair_lake.cli.failures import Command
 
 
-def _quiet_at_exit() -> None:
-    """Silence the interpreter's reports of exceptions it cannot raise, for the rest of the exit.
-
-    The reads a failed store left pending (an unreachable object store: dozens of them) are closed when the
-    interpreter exits, each printing "Exception ignored in: <coroutine ...>"; the one error line already said
-    what went wrong. Registered with atexit, so an in-process caller (tests, notebooks) keeps its own hook.
-    """
-    sys.unraisablehook = lambda _unraisable: None
-
-
-def handle_errors(fn):
-    """Turn :class:`FlairLakeError` into one clean line on stderr and its exit code (traceback with -v).
-
-    Every ``flair-lake`` command wraps its callback with this, plugins included.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (FlairLakeError, json.JSONDecodeError) as exc:
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            if isinstance(exc, json.JSONDecodeError):  # a damaged zarr.json below the root (the root's: on open)
-                lake = kwargs.get("lake") or "the lake"
-                exc = CorruptMetadataError(f"a metadata file (zarr.json) of {lake} is damaged ({exc}); "
-                                           f"`flair-lake validate {lake}` names it and `--repair` fixes what it can")
-            click.echo(f"error: {exc}", err=True)
-            atexit.register(_quiet_at_exit)
-            sys.exit(exc.exit_code)
-
-    return wrapper
+def command(name: str | None = None, **kwargs):
+    """``click.command`` making a :class:`~flair_lake.cli.failures.Command`: one-line failures, ``-v``, ``-h``."""
+    return click.command(name, cls=Command, **kwargs)
 
 
 def parse_storage_options(pairs: tuple[str, ...]) -> dict | None:

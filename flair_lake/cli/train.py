@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from flair_lake import config
-from flair_lake.cli.options import CONTEXT_SETTINGS, handle_errors, parse_split
+from flair_lake.cli.options import command, parse_split
 
 D = config.TrainConfig
 E = config.EvaluateConfig
@@ -37,7 +37,7 @@ def checkpoint_options(fn):
     return fn
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
 @click.option("--view", default=None, help="Filter view (default: the lake's latest).")
 @click.option("--model", type=click.Choice(config.MODEL_NAMES), default=D.model, show_default=True,
@@ -64,7 +64,6 @@ def checkpoint_options(fn):
 @click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Cap batches per epoch (quick runs).")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation of the best checkpoint.")
-@handle_errors
 def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, workers, out, resume, seed,
           no_augment, metadata, encoder_weights, baseline_quirks, train_split, val_split, max_batches, device,
           no_eval):
@@ -103,14 +102,13 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
                        f"(best epoch {summary['best_epoch']}); reports in {out}")
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @checkpoint_options
 @click.option("--out", default=None, help="Folder for metrics JSON/CSV and the confusion matrix plot.")
 @click.option("--predict", "predict_dir", default=None, help="Also write georeferenced PRED_<id>.tif here.")
 @click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
 @click.option("--examples", type=click.IntRange(min=0), default=E.examples, show_default=True,
               help="Draw the N patches of lowest pixel accuracy in OUT/examples_<split>.png (0: none).")
-@handle_errors
 def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_dir, probabilities, examples):
     """Evaluate CKPT on a split of LAKE with the official FLAIR #2 metric."""
     from flair_lake.training.evaluate import evaluate as run_evaluate
@@ -127,12 +125,11 @@ def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_
         click.echo(f"predictions written to {predict_dir}")
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @checkpoint_options
 @click.option("--out", required=True, help="Folder for the GeoTIFFs.")
 @click.option("--probabilities", is_flag=True, help="Also write PROB_<id>.tif.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: mean of 4 flips.")
-@handle_errors
 def predict(ckpt, lake, split, view, batch_size, workers, device, out, probabilities, tta):
     """Predict every patch of a split of LAKE with CKPT into OUT.
 
@@ -150,10 +147,9 @@ def predict(ckpt, lake, split, view, batch_size, workers, device, out, probabili
     click.echo(msg)
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@command()
 @click.argument("run", type=click.Path())
 @click.option("-o", "--out", default=None, help="Folder for the PNGs [default: RUN].")
-@handle_errors
 def report(run, out):
     """Render log.csv and iou_<split>.csv of the run folder RUN as PNGs (loss/mIoU curves, per-class IoU bars).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import torch
 from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake.config import TrainConfig
-from flair_lake.errors import LakeStateError
+from flair_lake.errors import Interrupted, LakeStateError
 from flair_lake.loader import BatchTransform, make_loader
 from flair_lake.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 from flair_lake.training.losses import UTTLoss
@@ -158,6 +159,25 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
     if dist.main:
         _announce(cfg, out, device, n_params, ds.view, len(ds), len(val_loader.dataset), dist)
 
+    try:
+        _train(cfg, out, model, core, opt, loss_fn, train_loader, val_loader, train_tf, val_tf, state, band_stats,
+               device, dist, progress)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between or inside epochs: last.pt is whole
+        done = state["epoch"]
+        raise Interrupted.of(exc, landed=f"{done} epoch(s) had finished" + (f", saved in {out / 'last.pt'}" if done
+                                                                          else ""),
+                             resume="add --resume to the same command to continue from there") from None
+    summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
+               "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _train(cfg: TrainConfig, out: Path, model, core, opt, loss_fn, train_loader, val_loader, train_tf, val_tf,
+           state: dict, band_stats: dict, device: torch.device, dist: Dist, progress: bool) -> None:
+    """Run the epochs from ``state['epoch']``: train, validate, log, checkpoint, stop early."""
+    ds = train_loader.dataset
     for epoch in range(state["epoch"], cfg.epochs):
         train_loader.batch_sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -181,11 +201,6 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
             if dist.main:
                 _say(f"early stop: no val-loss improvement for {cfg.patience} epochs")
             break
-    summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
-               "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
-    if dist.world > 1:
-        torch.distributed.barrier()
-    return summary
 
 
 def _setup_device(cfg: TrainConfig) -> tuple[Dist, torch.device]:
@@ -257,6 +272,8 @@ def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
         np.random.set_state(ck["numpy_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed %s at epoch %d", out / "last.pt", state["epoch"])
+        if dist.main:
+            _truncate_log(out / "log.csv", state["epoch"])
     elif dist.main and (out / "log.csv").exists() and not cfg.resume:
         (out / "log.csv").unlink()
     return state
@@ -293,9 +310,9 @@ def _save_checkpoints(cfg: TrainConfig, out: Path, core, opt, state: dict, ds, b
           "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
           "patch_size": ds.patch_size, "torch_rng": torch.get_rng_state(),
           "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
-    _atomic_save(ck, out / "last.pt")
-    if improved:
+    if improved:  # best.pt first: a kill before last.pt is written redoes the epoch, and writes best.pt again
         _atomic_save(ck, out / "best.pt")
+    _atomic_save(ck, out / "last.pt")
 
 
 def _say(msg: str) -> None:
@@ -314,11 +331,38 @@ def _append_csv(path: Path, row: dict) -> None:
         w.writerow(row)
 
 
+def _truncate_log(path: Path, epochs: int) -> None:
+    """Keep the log rows of the first ``epochs`` epochs: those a kill after the log, before last.pt, left twice."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epochs]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _atomic_save(obj, path: Path) -> None:
-    """Write a checkpoint through a temporary file, so a kill never leaves half a checkpoint."""
+    """Write a checkpoint through a temporary file, so a kill or a full disk never leaves half a checkpoint.
+
+    Serialised in memory first and written with Python's own I/O: a full disk is then an ``OSError`` (ENOSPC)
+    naming the file, where torch's writer only says "unexpected pos".
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def iou_table(matrix: np.ndarray) -> list[dict]:

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flair_lake.config import FilterConfig
-from flair_lake.errors import FlairLakeError, UsageError
+from flair_lake.errors import EXIT_INVALID, FlairLakeError, UsageError
 from flair_lake.raw.names import patch_name
 
-EXIT_INVALID = 4
 EXAMPLE_IDS = 5  # patch ids quoted per problem
 
 
