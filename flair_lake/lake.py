@@ -284,8 +284,10 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: boo
     names = sorted(n for n, _ in vg.groups()) if vg is not None else []
     if view is None:
         view = vg.attrs.get("latest") if vg is not None else None
-        if view not in names:
-            view = None
+        if view not in names:  # none yet, or its latest view was removed: the most recently completed one
+            done = [n for n in names if vg[n].attrs.get("complete")]
+            view = max(done, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
+                       default=None)
         if monthly and view is not None and not vg[view].attrs.get("params", {}).get("monthly"):
             cubes = [n for n in names if vg[n].attrs.get("params", {}).get("monthly")]
             view = max(cubes, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
@@ -295,4 +297,22 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: boo
                              "(build one with `flair-lake filter --monthly`)")
     if view is not None and complete and not vg[view].attrs.get("complete"):
         raise LakeStateError(f"view {view!r} of {lake} is incomplete; run `flair-lake filter` again to finish it")
+    if view is not None and complete:
+        _check_covers(root, lake, view, vg[view])
     return view
+
+
+def _check_covers(root: zarr.Group, lake: str, view: str, group: zarr.Group) -> None:
+    """Raise when the view was built before patches were appended to the lake (its rows end before the lake's).
+
+    Raises:
+        LakeStateError: the view is stale, with the filter command that extends it.
+    """
+    covered, rows = int(group["keep"].shape[0]), n_rows(root)
+    if covered >= rows:
+        return
+    from flair_lake.validate.report import filter_command
+
+    raise LakeStateError(f"view {view!r} covers the first {covered} of the {rows} patch rows of {lake} (patches "
+                         f"were ingested after it was built); extend it with "
+                         f"`{filter_command(lake, view, group.attrs.get('params', {}))}`")

@@ -132,16 +132,20 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         finally:
             client.close()
         return
+    # a task's failure reaches the coordinator, which says it in one line; the workers' own log of it (a
+    # traceback per task and retry) only with -v
+    quiet = logging.ERROR if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
                  "distributed.http.proxy", "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(quiet)
     n = workers or default_workers()
     t0 = time.perf_counter()
-    with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error",
+    with dask.config.set({"distributed.worker.daemon": False,
+                          "distributed.logging.distributed": logging.getLevelName(quiet).lower(),
                           **worker_dask_config()}):
         with _workers_ignore_ctrl_c():
             cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+                                   dashboard_address=":0", silence_logs=quiet, env=dict(WORKER_ENV))
         client = Client(cluster)
         if timing is not None:
             timing.update(startup=time.perf_counter() - t0, workers=n)

@@ -53,6 +53,7 @@ class IngestSummary:
     startup_seconds: float = 0.0  # of ``seconds``, starting a local Dask cluster (0 with --scheduler)
     raw_bytes: int = 0
     duplicates: list[str] = field(default_factory=list)  # images not ingested: another image has their id
+    warnings: list[str] = field(default_factory=list)  # odd but accepted input (docs/raw-format.md, "Checks")
 
     @property
     def exit_code(self) -> int:
@@ -75,6 +76,7 @@ class IngestSummary:
         if self.quarantined:
             out.append(f"quarantined {len(self.quarantined)} patch(es) (exit code {EXIT_PARTIAL}, partial):")
             out += [f"  {names.metadata_key(pid)}: {why}" for pid, why in sorted(self.quarantined.items())]
+        out += [f"warning: {w}" for w in self.warnings]
         if self.duplicates:
             out.append(f"ignored {len(self.duplicates)} image(s) whose id an earlier image in path order has "
                        "(remove or rename them):")
@@ -155,7 +157,7 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig | None = None, *,
     summary = IngestSummary(lake=lake, run_id=plan.run_id, raw_bytes=tree.raw_bytes, resumed_runs=len(plan.resumed),
                             retried=sum(len(v) for v in plan.retries.values()), already_present=plan.already_present,
                             shards_skipped=plan.shards_skipped, areas_skipped=plan.areas_skipped,
-                            duplicates=sorted(tree.duplicates.values()))
+                            duplicates=sorted(tree.duplicates.values()), warnings=list(tree.warnings))
     begin_runs(root, plan)
     try:
         written = (_run_tasks(plan.shard_tasks, plan.area_tasks, cfg, progress, summary)
@@ -257,6 +259,11 @@ def record_outcome(root, plan: IngestPlan, written: set[int], summary: IngestSum
     root.attrs["quarantine"] = quarantine
     _update_band_stats(root, complete)
     summary.seconds = time.perf_counter() - t0
+    for rid in plan.resumed:  # an interrupted run's sessions never recorded their time: this one finished it
+        record = records.get(rid, {})
+        extra = {"raw_bytes": summary.raw_bytes} if record.get("raw") == plan.raw and not record.get("raw_bytes") \
+            else {}
+        lk.update_run(root, rid, seconds=round(float(record.get("seconds") or 0) + summary.seconds, 2), **extra)
     if plan.has_new_run:  # this run's quarantine: patches its tasks rejected and those its plan left out
         ids = run_bad.get(plan.run_id, set()) | set(plan.new_problems)
         lk.update_run(root, plan.run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
@@ -279,6 +286,9 @@ def _run_tasks(shard_tasks, area_tasks, cfg: IngestConfig, progress, summary: In
             written.add(int(res["shard"]))
         else:
             summary.areas_written += 1
+            if res.get("masks_over_100"):
+                summary.warnings.append(f"super-area {res['area']}: {res['masks_over_100']} mask value(s) above 100 "
+                                        "(snow and cloud probabilities are 0..100; counted as covered at any --prob)")
     summary.startup_seconds = timing.get("startup", 0.0)
     return written
 

@@ -211,9 +211,10 @@ def _plan_retries(plan: IngestPlan, state: LakeState, tree: RawTree, raw: Path) 
 
 
 def _changed_since(patch: PatchFiles, when: float) -> bool:
-    """Return True when the patch's image or label file was modified after the POSIX time ``when``."""
-    files = [f for f in (patch.image, patch.label) if f is not None]
-    return any(Path(f).stat().st_mtime > when for f in files if Path(f).exists())
+    """Return True when the patch's image or label file changed after the POSIX time ``when``: its content
+    (modification time) or its status (change time: permissions fixed with chmod, owner, a copy over it)."""
+    files = [Path(f) for f in (patch.image, patch.label) if f is not None]
+    return any(max(st.st_mtime, st.st_ctime) > when for st in (f.stat() for f in files if f.exists()))
 
 
 def _present_ids(state: LakeState, still_bad: set[int]) -> set[int]:

@@ -87,6 +87,10 @@ def _read_items(items, p, aerial, label, transform, epsg, status, bad) -> None:
     for i, (pid, img, msk) in enumerate(items):
         try:
             _, gt, epsg[i] = read_geotiff(Path(img), bands=schema.N_AERIAL_BANDS, size=p, out=aerial[i])
+            if epsg[i] != schema.CRS_EPSG:  # the lake's grid, the centroids and the maps are Lambert-93
+                raise RawFormatError(f"{img}: CRS {f'EPSG:{epsg[i]}' if epsg[i] else 'missing'}, expected "
+                                     f"EPSG:{schema.CRS_EPSG} (Lambert-93); reproject it (gdalwarp -t_srs "
+                                     f"EPSG:{schema.CRS_EPSG}) or restore the original file")
             if msk is not None:
                 read_geotiff(Path(msk), bands=1, size=p, out=label[i])
             else:
@@ -121,4 +125,5 @@ def write_area(task: AreaTask) -> dict:
                     "clear_sum": vals.sum(axis=(0, 2, 3), dtype=np.float64).tolist(),
                     "clear_sumsq": np.square(vals).sum(axis=(0, 2, 3), dtype=np.float64).tolist(),
                     "clear_pixels": int(clear.sum()), "complete": True})
-    return {"area": task.area.name, "dates": t}
+    over = int(np.count_nonzero(masks > 100))  # probabilities are 0..100: counted as covered at any --prob
+    return {"area": task.area.name, "dates": t, "masks_over_100": over}

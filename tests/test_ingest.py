@@ -39,7 +39,7 @@ def test_round_trip_is_bit_exact(raw_tree, lake):
     root = zarr.open_group(lake, mode="r")
     rows = _rows_by_id(root)
     meta, _ = metadata.read_metadata(raw_tree / names.METADATA_JSON)
-    cents = metadata.read_centroids(raw_tree / names.CENTROIDS_JSON)
+    cents, _ = metadata.read_centroids(raw_tree / names.CENTROIDS_JSON)
     assert set(rows) == set(meta)
     rng = np.random.default_rng(0)
     areas = root.attrs["areas"]

@@ -66,7 +66,7 @@ def test_aerial_and_labels_format(raw_tree):
 
 
 def test_sentinel_files_and_centroids(raw_tree):
-    centroids = metadata.read_centroids(raw_tree / names.CENTROIDS_JSON)
+    centroids, _ = metadata.read_centroids(raw_tree / names.CENTROIDS_JSON)
     meta, _ = metadata.read_metadata(raw_tree / names.METADATA_JSON)
     assert set(centroids) == set(meta)
     half = schema.S2_WINDOW // 2

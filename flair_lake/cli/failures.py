@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -94,6 +95,8 @@ def os_error_of(exc: BaseException) -> OSError | None:
 def _os_line(exc: OSError, where: str) -> str:
     """Return the one line of a system refusal, about ``exc.filename`` or else ``where``."""
     path = exc.filename or where
+    if where and exc.filename and not os.path.isabs(exc.filename) and not str(exc.filename).startswith(where):
+        path = f"{where} ({exc.filename})"  # a key inside a store (zarr.json, c/0/0): name the lake too
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         return (f"no space left on the disk of {path} ({exc.strerror}); free space or choose another location, "

@@ -8,11 +8,11 @@ import sys
 import click
 
 from flair_lake import config
-from flair_lake.cli.options import command, lake_argument, storage_option
+from flair_lake.cli.options import OUTPUT_FILE, OUTPUT_FOLDER, command, lake_argument, storage_option
 
 
 @command()
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", type=OUTPUT_FOLDER)
 @click.option("--preset", type=click.Choice(sorted(config.SYNTH_PRESETS)), default=config.SYNTH_PRESET,
               show_default=True, help="Sizes to start from; the options below override them.")
 @click.option("--domains", help="Comma-separated domains such as D006_2020,D004_2021 (official names give "
@@ -79,7 +79,7 @@ def validate(lake, deep, repair, storage_options):
 @click.option("--random", "random_n", type=int, help="Show N random ingested patches instead.")
 @click.option("--seed", type=int, default=config.PREVIEW_SEED, show_default=True, help="Seed of --random.")
 @click.option("--view", help="View whose monthly cube is shown [default: the latest with one].")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("-o", "--out", required=True, type=OUTPUT_FILE, help="PNG to write.")
 @storage_option
 def preview(lake, patch_ids, random_n, seed, view, out, storage_options):
     """Quick-look PNG of patches of LAKE: colour, NIR, elevation, label, monthly Sentinel-2 strip, NDVI."""
@@ -95,7 +95,7 @@ def preview(lake, patch_ids, random_n, seed, view, out, storage_options):
 @command()
 @lake_argument
 @click.option("--view", help="View for the NDVI and cloud statistics [default: the latest with a monthly cube].")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for CSVs and PNGs.")
+@click.option("-o", "--out", required=True, type=OUTPUT_FOLDER, help="Folder for CSVs and PNGs.")
 @storage_option
 def stats(lake, view, out, storage_options):
     """Class distribution per split, mean NDVI per class through the year, dates dropped per month and domain."""

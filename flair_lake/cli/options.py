@@ -16,6 +16,30 @@ def command(name: str | None = None, **kwargs):
     return click.command(name, cls=Command, **kwargs)
 
 
+class OutputPath(click.ParamType):
+    """A local folder (or file) the command will write: checked while parsing, before any work."""
+
+    name = "path"
+
+    def __init__(self, *, folder: bool = True) -> None:
+        self.folder = folder
+
+    def convert(self, value, param, ctx):
+        """Return ``value`` when it can be created and written; fail with why otherwise (exit 2)."""
+        from flair_lake.locations import unwritable
+
+        if value is None or "://" in str(value):
+            return value
+        why = unwritable(value, folder=self.folder)
+        if why:
+            self.fail(f"{why}; choose a writable {'folder' if self.folder else 'file path'}", param, ctx)
+        return value
+
+
+OUTPUT_FOLDER = OutputPath()
+OUTPUT_FILE = OutputPath(folder=False)
+
+
 def parse_storage_options(pairs: tuple[str, ...]) -> dict | None:
     """Parse repeated ``--storage-option key=value`` into a dict (None when empty).
 

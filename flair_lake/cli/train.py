@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from flair_lake import config
-from flair_lake.cli.options import command, parse_split
+from flair_lake.cli.options import OUTPUT_FOLDER, command, parse_split
 
 D = config.TrainConfig
 E = config.EvaluateConfig
@@ -51,7 +51,8 @@ def checkpoint_options(fn):
 @click.option("--amp", type=click.Choice(config.AMP_MODES), default=D.amp, show_default=True,
               help="bf16 autocast on CUDA (CPU runs fp32).")
 @loader_workers
-@click.option("--out", default=D.out, show_default=True, help="Run folder: checkpoints, log.csv, metrics.")
+@click.option("--out", type=OUTPUT_FOLDER, default=D.out, show_default=True,
+              help="Run folder: checkpoints, log.csv, metrics.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly where it stopped.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No flips or rotations.")
@@ -104,8 +105,10 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
 
 @command()
 @checkpoint_options
-@click.option("--out", default=None, help="Folder for metrics JSON/CSV and the confusion matrix plot.")
-@click.option("--predict", "predict_dir", default=None, help="Also write georeferenced PRED_<id>.tif here.")
+@click.option("--out", type=OUTPUT_FOLDER, default=None,
+              help="Folder for metrics JSON/CSV and the confusion matrix plot [default: the checkpoint's folder].")
+@click.option("--predict", "predict_dir", type=OUTPUT_FOLDER, default=None,
+              help="Also write georeferenced PRED_<id>.tif here.")
 @click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
 @click.option("--examples", type=click.IntRange(min=0), default=E.examples, show_default=True,
               help="Draw the N patches of lowest pixel accuracy in OUT/examples_<split>.png (0: none).")
@@ -127,7 +130,7 @@ def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_
 
 @command()
 @checkpoint_options
-@click.option("--out", required=True, help="Folder for the GeoTIFFs.")
+@click.option("--out", type=OUTPUT_FOLDER, required=True, help="Folder for the GeoTIFFs.")
 @click.option("--probabilities", is_flag=True, help="Also write PROB_<id>.tif.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: mean of 4 flips.")
 def predict(ckpt, lake, split, view, batch_size, workers, device, out, probabilities, tta):
@@ -149,7 +152,7 @@ def predict(ckpt, lake, split, view, batch_size, workers, device, out, probabili
 
 @command()
 @click.argument("run", type=click.Path())
-@click.option("-o", "--out", default=None, help="Folder for the PNGs [default: RUN].")
+@click.option("-o", "--out", type=OUTPUT_FOLDER, default=None, help="Folder for the PNGs [default: RUN].")
 def report(run, out):
     """Render log.csv and iou_<split>.csv of the run folder RUN as PNGs (loss/mIoU curves, per-class IoU bars).
 

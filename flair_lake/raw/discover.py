@@ -65,6 +65,7 @@ class RawTree:
     problems: dict[int, str] = field(default_factory=dict)  # quarantined patch id -> reason
     duplicates: dict[str, str] = field(default_factory=dict)  # image ignored (its id is taken) -> reason
     area_problems: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # odd but accepted (docs/raw-format.md, "Checks")
     raw_bytes: int = 0
 
 
@@ -91,7 +92,10 @@ def _check_area(area: AreaFiles) -> tuple[tuple[int, int, int] | None, str | Non
     if masks.ndim != 4 or masks.shape[1] != 2 or masks.dtype != np.uint8:
         return None, (f"{area.masks}: expected (T, 2, H, W) uint8, got {masks.shape} {masks.dtype}; "
                       "re-download the zone")
-    lines = [ln for ln in area.products.read_text().splitlines() if ln.strip()]
+    try:
+        lines = names.read_product_lines(area.products)
+    except RawFormatError as exc:
+        return None, str(exc)
     if not (data.shape[0] == masks.shape[0] == len(lines)) or data.shape[2:] != masks.shape[2:]:
         return None, (f"{area.data.parent}: data {data.shape}, masks {masks.shape} and {len(lines)} product "
                       f"names in {area.products.name} disagree; T (and H, W) must match across the triple: "
@@ -103,6 +107,17 @@ def _check_area(area: AreaFiles) -> tuple[tuple[int, int, int] | None, str | Non
     if dates != sorted(dates):
         return None, f"{area.products}: product names are not in chronological order; sort the triple by date"
     return (data.shape[0], data.shape[2], data.shape[3]), None
+
+
+def _area_warning(area: AreaFiles) -> str | None:
+    """Return what is odd but accepted in a sound triple: dates acquired twice (two orbits or tiles of one day;
+    both are kept and both enter a monthly mean)."""
+    dates = [names.parse_product_date(ln) for ln in names.read_product_lines(area.products)]
+    twice = len(dates) - len(set(dates))
+    if twice:
+        return (f"super-area {area.name}: {twice} date(s) appear twice in {area.products.name} (kept: each product "
+                "is filtered on its own and both enter a monthly mean)")
+    return None
 
 
 def discover(root: str | Path, *, metadata_path: str | Path | None = None,
@@ -177,7 +192,7 @@ class _SideData:
     """What the side JSON files say, by patch id."""
 
     meta: dict[int, md.PatchMeta]
-    bad_meta: dict[int, str]  # why an entry of the metadata cannot be read
+    bad_meta: dict[int, str]  # why an entry of the metadata, or the patch's centroid, cannot be read
     centroids: dict[int, tuple[int, int]]  # (row, col) in the zone's super-area
 
 
@@ -191,7 +206,9 @@ def _read_side_data(root: Path, metadata_path: str | Path | None, centroids_path
         bad_meta.update(b)
     centroids: dict[int, tuple[int, int]] = {}
     for f in _side_files(root, centroids_path, names.CENTROIDS_JSON, "Sentinel centroids"):
-        centroids.update(md.read_centroids(f))
+        good, bad = md.read_centroids(f)
+        centroids.update(good)
+        bad_meta.update({pid: why for pid, why in bad.items() if pid not in bad_meta})
     return _SideData(meta, bad_meta, centroids)
 
 
@@ -213,6 +230,9 @@ def _add_areas(tree: RawTree, aer_dir: Path, sen_dir: Path) -> None:
             tree.area_problems[area.name] = why
         else:
             tree.area_shapes[area.name] = shape
+            warning = _area_warning(area)
+            if warning:
+                tree.warnings.append(warning)
             tree.raw_bytes += sum(f.stat().st_size for f in (area.data, area.masks, area.products))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +91,36 @@ def read_metadata(path: str | Path) -> tuple[dict[int, PatchMeta], dict[int, str
     return out, bad
 
 
-def read_centroids(path: str | Path) -> dict[int, tuple[int, int]]:
-    """Read ``flair-2_centroids_sp_to_patch.json``: ``{"IMG_000001.tif": [row, col]}`` -> {1: (row, col)}."""
+def _pixel(value) -> int | None:
+    """Return a centroid coordinate as an int: a whole, finite JSON number (not a bool); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value)
+
+
+def read_centroids(path: str | Path) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+    """Read ``flair-2_centroids_sp_to_patch.json``: ``{"IMG_000001.tif": [row, col]}`` -> {1: (row, col)}.
+
+    Returns:
+        (centroids by patch id, problems by patch id): an entry whose value is not two whole numbers (NaN, a
+        string, null, 20.5) quarantines its patch; a key that names no patch stops the ingest.
+
+    Raises:
+        RawFormatError: the file is not a JSON object, or a key is not ``IMG_<id>.tif``.
+    """
     path = Path(path)
-    out = {}
+    out: dict[int, tuple[int, int]] = {}
+    bad: dict[int, str] = {}
     for key, value in _load_json(path, "Sentinel centroids").items():
         pid = names.parse_id(key)
-        if pid is None or not isinstance(value, list) or len(value) != 2:
+        if pid is None:
             raise RawFormatError(f"{path}: entry {key!r}: {value!r} is not 'IMG_<id>.tif': [row, col]")
-        out[pid] = (int(value[0]), int(value[1]))
-    return out
+        rc = [_pixel(v) for v in value] if isinstance(value, list) and len(value) == 2 else [None]
+        if any(v is None for v in rc):
+            bad[pid] = (f"{path}: centroid of {key} is {json.dumps(value)[:60]}, not [row, col] in whole pixels; "
+                        "fix the entry")
+            continue
+        out[pid] = (rc[0], rc[1])
+    return out, bad

@@ -74,6 +74,24 @@ def product_name(sensing: dt.datetime, *, satellite: str = "S2B", orbit: int = 9
     )
 
 
+def read_product_lines(path: Path) -> list[str]:
+    """Return the non-blank lines of a ``_products.txt``, stripped.
+
+    Raises:
+        RawFormatError: a line is not UTF-8 text (the file is damaged or another file's bytes).
+    """
+    lines = []
+    for i, raw in enumerate(Path(path).read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise RawFormatError(f"{path}: line {i} is not UTF-8 text; fix or remove that line, or re-download the "
+                                 "zone") from None
+        if line:
+            lines.append(line)
+    return lines
+
+
 def parse_product_date(name: str, *, source: str | Path = "") -> dt.date:
     """Return the sensing date of an L2A product name, keeping the real year (the baseline drops it).
 

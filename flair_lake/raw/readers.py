@@ -53,7 +53,7 @@ def read_sentinel_area(data: Path, masks: Path, products: Path
         m = np.load(masks)
     except (ValueError, OSError, EOFError) as exc:
         raise RawFormatError(f"{data.parent}: unreadable or truncated .npy ({exc}); re-download") from None
-    lines = [ln.strip() for ln in products.read_text().splitlines() if ln.strip()]
+    lines = names.read_product_lines(products)
     dates = [names.parse_product_date(ln, source=products) for ln in lines]
     if not (d.shape[0] == m.shape[0] == len(lines)):
         raise RawFormatError(f"{data.parent}: T of data {d.shape[0]}, masks {m.shape[0]} and products "
