@@ -80,6 +80,20 @@ def _current_client(scheduler: str):
     return None
 
 
+# the loggers distributed's own config sets a level on (so setting their parent's is not enough)
+QUIET_LOGGERS = ("distributed", "distributed.client", "distributed.scheduler", "distributed.nanny",
+                 "distributed.core", "distributed.http.proxy", "distributed.worker", "tornado", "tornado.application")
+
+
+def _quiet_teardown() -> None:
+    """Silence what Dask, tornado and asyncio log while a failed or interrupted run closes its cluster (futures it
+    cannot gather, callbacks cancelled mid-flight): the command's one line says what happened; -v keeps them."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    for name in (*QUIET_LOGGERS, "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 @contextlib.contextmanager
 def _workers_ignore_ctrl_c():
     """Start the LocalCluster's worker processes ignoring SIGINT; this process takes Ctrl-C again after.
@@ -116,6 +130,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
+    # a task's failure reaches the coordinator, which says it in one line; the workers' own log of it (a
+    # traceback per task and retry) only with -v
+    quiet = logging.ERROR if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     if scheduler:
         current = _current_client(scheduler)
         if current is not None:  # a notebook or a benchmark already holds a client of that scheduler: reuse it
@@ -129,15 +148,12 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
                 "`dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to use a local cluster") from None
         try:
             yield client
+        except BaseException:
+            _quiet_teardown()
+            raise
         finally:
             client.close()
         return
-    # a task's failure reaches the coordinator, which says it in one line; the workers' own log of it (a
-    # traceback per task and retry) only with -v
-    quiet = logging.ERROR if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.http.proxy", "distributed.worker"):
-        logging.getLogger(name).setLevel(quiet)
     n = workers or default_workers()
     t0 = time.perf_counter()
     with dask.config.set({"distributed.worker.daemon": False,
@@ -151,6 +167,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             timing.update(startup=time.perf_counter() - t0, workers=n)
         try:
             yield client
+        except BaseException:
+            _quiet_teardown()
+            raise
         finally:
             client.close()
             cluster.close()

@@ -186,11 +186,48 @@ def _products_garbage(raw, pid):
                                      "fix or remove that line"]
 
 
+def _centroid_nan(raw, pid):
+    _edit_json(raw, names.CENTROIDS_JSON, lambda o: o.__setitem__(names.img_name(pid), [float("nan"), 20]))
+    return {pid}, [f"centroid of {names.img_name(pid)} is [NaN, 20]", "not [row, col] in whole pixels",
+                   "fix the entry"]
+
+
+def _centroid_text(raw, pid):
+    _edit_json(raw, names.CENTROIDS_JSON, lambda o: o.__setitem__(names.img_name(pid), ["abc", 20]))
+    return {pid}, ['is ["abc", 20]', "fix the entry"]
+
+
+def _centroid_null(raw, pid):
+    _edit_json(raw, names.CENTROIDS_JSON, lambda o: o.__setitem__(names.img_name(pid), [None, 20]))
+    return {pid}, ["is [null, 20]", "fix the entry"]
+
+
+def _products_not_utf8(raw, pid):
+    products = sentinel_files(raw, VAL_AREA)[2]
+    lines = products.read_bytes().splitlines()
+    lines[2] = b"S2B_MSIL2A_\xff\xfe"
+    products.write_bytes(b"\n".join(lines) + b"\n")
+    return area_ids(raw, VAL_AREA), [f"super-area {VAL_AREA}", "line 3 is not UTF-8 text", "fix or remove"]
+
+
+def _other_crs(raw, pid):
+    from rasterio.crs import CRS
+
+    path = images(raw)[pid]
+    with rasterio.open(path) as src:
+        prof, arr = src.profile, src.read()
+    prof.update(crs=CRS.from_epsg(4326))
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(arr)
+    return {pid}, [path.name, "CRS EPSG:4326, expected EPSG:2154", "gdalwarp -t_srs EPSG:2154"]
+
+
 # The damaged patch is the tree's first (040001, of the val area): the one whose header the coordinator reads
 # first, so a bad first file must not decide the lake's patch size either.
 @pytest.mark.parametrize("damage", [_truncate, _three_bands, _uint16, _small, _no_label, _no_image,
                                     _no_centroid, _no_metadata, _centroid_outside, _products_short,
-                                    _products_garbage],
+                                    _products_garbage, _centroid_nan, _centroid_text, _centroid_null,
+                                    _products_not_utf8, _other_crs],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_patch_is_quarantined_and_the_rest_lands(tmp_path, damage):
     raw, lake = make_tree(tmp_path), tmp_path / "lake.zarr"

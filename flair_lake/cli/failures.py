@@ -165,6 +165,8 @@ def fail(exc: BaseException) -> None:
     where = str(params.get("lake") or params.get("out") or params.get("raw") or "")
     line, code = describe(exc, where)
     click.echo(f"error: {line}", err=True)
+    for name in ("distributed", "distributed.client", "tornado", "tornado.application", "asyncio"):  # at exit
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     atexit.register(_quiet_at_exit)
     sys.exit(code)
 
