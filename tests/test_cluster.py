@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from flair_lake.cli import main
 from flair_lake.config import FilterConfig, IngestConfig, SynthConfig
+from flair_lake.errors import EXIT_SYSTEM
 from flair_lake.synth import synthesize
 from pipelines.filter import run_filter
 from pipelines.ingest import ingest
@@ -116,6 +117,6 @@ def test_unreachable_scheduler_fails_fast_and_writes_nothing(small_tree, tmp_pat
     lake = tmp_path / "lake.zarr"
     t0 = time.time()
     res = CliRunner().invoke(main, ["ingest", str(small_tree), str(lake), "--scheduler", "tcp://127.0.0.1:9"])
-    assert res.exit_code == 1 and time.time() - t0 < 30
+    assert res.exit_code == EXIT_SYSTEM and time.time() - t0 < 30
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not lake.exists()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zarr
 
 from flair_lake.cli.failures import describe
 from flair_lake.errors import (
@@ -99,6 +100,8 @@ def damaged(lake, tmp_path_factory):
         (path / "zarr.json").write_text(json.dumps(doc))
         out[name] = str(path)
     (base / "afile.txt").write_text("not a lake")
+    zarr.open_group(str(base / "foreign.zarr"), mode="w", attributes={"title": "someone else's"})
+    out["foreign"] = str(base / "foreign.zarr")
     out["file"] = str(base / "afile.txt")
     return out
 
@@ -109,6 +112,8 @@ ARGUMENT_CASES = [  # (args with {lake} {file} {abc} {null}, exit code, needles)
     (["validate", "{file}"], EXIT_ERROR, ["is a file, not a lake"]),
     (["train", "--lake", "{file}", "--epochs", "1"], EXIT_ERROR, ["is a file, not a lake"]),
     (["info", "{abc}"], EXIT_ERROR, ["schema_version 'abc'"]),
+    (["info", "{foreign}"], EXIT_ERROR, ["is a Zarr group but not a flair-lake"]),
+    (["ingest", "{raw}", "{foreign}"], EXIT_ERROR, ["is a Zarr group but not a flair-lake"]),
     (["filter", "{null}"], EXIT_ERROR, ["schema_version None"]),
     (["validate", "{null}"], EXIT_ERROR, ["schema_version None"]),
     (["train", "--lake", "{lake}", "--workers", "-1"], EXIT_USAGE, ["--workers", "-1"]),
@@ -132,8 +137,8 @@ ARGUMENT_CASES = [  # (args with {lake} {file} {abc} {null}, exit code, needles)
 @pytest.mark.parametrize(("args", "code", "needles"), ARGUMENT_CASES, ids=lambda v: " ".join(v)
                          if isinstance(v, list) and v and isinstance(v[0], str) and v[0][0] != "-" and "{" not in v[0]
                          else None)
-def test_bad_arguments_and_lakes_are_one_line(lake, damaged, args, code, needles):
-    res = cli(*[a.format(lake=lake, **damaged) for a in args])
+def test_bad_arguments_and_lakes_are_one_line(raw_tree, lake, damaged, args, code, needles):
+    res = cli(*[a.format(raw=raw_tree, lake=lake, **damaged) for a in args])
     assert_one_line(res, code, *needles)
 
 
@@ -171,15 +176,22 @@ def test_a_stale_view_says_how_to_extend_it(monthly_lake, raw_tree, tmp_path):
 
 
 # --- the system refuses: full disk, read-only, permission denied ------------------------------------------------
-def _unshare_works(*flags: str) -> bool:
+def _unshare_works(*flags: str, script: str = "true") -> bool:
     if shutil.which("unshare") is None:
         return False
-    return subprocess.run(["unshare", *flags, "sh", "-c", "true"], capture_output=True).returncode == 0
+    return subprocess.run(["unshare", *flags, "sh", "-c", script], capture_output=True).returncode == 0
+
+
+def _tmpfs_works() -> bool:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return _unshare_works(*TMPFS_FLAGS, script=f'mount -t tmpfs -o size=1m tmpfs "{d}" && touch "{d}/x"')
 
 
 TMPFS_FLAGS = ("--user", "--map-root-user", "--mount")
 OTHER_USER_FLAGS = ("--user", "--map-user=65534", "--map-group=65534")
-needs_tmpfs = pytest.mark.skipif(not _unshare_works(*TMPFS_FLAGS),
+needs_tmpfs = pytest.mark.skipif(not _tmpfs_works(),
                                  reason="no private mount namespace here (unshare --user --mount refused)")
 needs_other_user = pytest.mark.skipif(not _unshare_works(*OTHER_USER_FLAGS),
                                       reason="no user namespace here (unshare --user refused)")
@@ -275,6 +287,8 @@ def test_interrupted_ingest_says_what_landed_and_resumes(raw_tree, tmp_path, sig
     assert again.returncode == 0, again.stderr
     assert "resumed 1 interrupted run(s)" in again.stdout
     assert cli("validate", str(lake)).returncode == 0
+    run = json.loads(cli("info", str(lake), "--json").stdout)["runs"][0]  # the resumed run's record is whole
+    assert run["status"] == "complete" and run["seconds"] > 0 and run["raw_bytes"] > 0, run
 
 
 def test_interrupted_filter_says_what_landed_and_resumes(lake, tmp_path):

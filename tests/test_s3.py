@@ -20,6 +20,7 @@ pytest.importorskip("moto")
 from flair_lake import lake as lk  # noqa: E402
 from flair_lake.cli import main  # noqa: E402
 from flair_lake.config import TrainConfig  # noqa: E402
+from flair_lake.errors import EXIT_SYSTEM  # noqa: E402
 from flair_lake.loader import LakeDataset  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -102,13 +103,13 @@ def test_the_whole_path_on_an_object_store(s3, raw_tree, lake, tmp_path):
 def test_object_store_errors(s3, raw_tree, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(main, ["info", "s3://no-such-bucket/lake.zarr"])
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == EXIT_SYSTEM and "does not exist" in res.output
     res = runner.invoke(main, ["ingest", str(raw_tree), "s3://no-such-bucket/lake.zarr", "--workers", "1"])
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == EXIT_SYSTEM and "does not exist" in res.output
     t0 = time.time()  # a dead endpoint (fsspec caches filesystems per options, so pass it as an option)
     res = runner.invoke(main, ["info", "s3://flair/lake.zarr", "--storage-option",
                                f"endpoint_url=http://127.0.0.1:{_free_port()}"])
-    assert res.exit_code == 1 and "cannot reach the object store" in res.output and time.time() - t0 < 60
+    assert res.exit_code == EXIT_SYSTEM and "cannot reach the object store" in res.output and time.time() - t0 < 60
 
 
 @pytest.mark.slow
@@ -119,5 +120,5 @@ def test_a_dead_endpoint_is_one_line_from_the_real_command(tmp_path):
     for args in (["info", "s3://flair/lake.zarr"], ["filter", "s3://flair/lake.zarr", "--monthly"]):
         res = subprocess.run([str(BIN / "flair-lake"), *args], capture_output=True, text=True, env=env,
                              timeout=120, cwd=tmp_path)
-        assert res.returncode == 1
+        assert res.returncode == EXIT_SYSTEM
         assert res.stderr.count("\n") == 1 and "cannot reach the object store" in res.stderr, res.stderr[-2000:]

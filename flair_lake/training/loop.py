@@ -164,8 +164,9 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
                device, dist, progress)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between or inside epochs: last.pt is whole
         done = state["epoch"]
-        raise Interrupted.of(exc, landed=f"{done} epoch(s) had finished" + (f", saved in {out / 'last.pt'}" if done
-                                                                          else ""),
+        if not done:
+            raise Interrupted.of(exc, landed="no epoch had finished", resume="run the same command again") from None
+        raise Interrupted.of(exc, landed=f"{done} epoch(s) had finished, saved in {out / 'last.pt'}",
                              resume="add --resume to the same command to continue from there") from None
     summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
                "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
