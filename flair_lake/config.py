@@ -20,6 +20,10 @@ def default_lake() -> str:
     return os.environ.get(LAKE_ENV, DEFAULT_LAKE)
 
 
+# --- the lake's writer lock (flair_lake/lock.py) ----------------------------------------------------------------
+LOCK_LEASE_S = 120.0  # a writer renews its lease every third of this; a dead remote holder is taken over after it
+
+
 # --- synth ------------------------------------------------------------------------------------------------------
 SYNTH_PRESET = "tiny"  # ``flair-lake synth`` without --preset
 SYNTH_PRESETS: dict[str, dict] = {
@@ -104,6 +108,7 @@ class IngestConfig:
     workers: int | None = None  # None: sized to the machine
     threads_per_worker: int = THREADS_PER_WORKER
     scheduler: str | None = None
+    wait: bool = False  # wait for another writer of the lake to finish, instead of refusing (flair_lake/lock.py)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:

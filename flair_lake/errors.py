@@ -15,6 +15,7 @@ EXIT_USAGE = 2  # the command line: an option out of range, a bad name, an outpu
 EXIT_PARTIAL = 3  # ingest: some patches were quarantined, the rest landed
 EXIT_INVALID = 4  # validate: problems found (one line each), or some need a manual repair
 EXIT_SYSTEM = 5  # the system refused: disk full, read-only, permission, a path gone, a store or scheduler away
+EXIT_BUSY = 6  # another writer holds the lake (flair_lake/lock.py): run again when it is done, or --wait
 EXIT_INTERNAL = 70  # a bug of flair-lake: rerun with -v and report the traceback
 EXIT_SIGNAL_BASE = 128  # interrupted: 128 + the signal number (130 Ctrl-C / SIGINT, 143 SIGTERM)
 
@@ -26,6 +27,7 @@ EXIT_CODES = {
     EXIT_INVALID: "validate: problems found (one line each with its repair)",
     EXIT_SYSTEM: "the system refused: disk full, read-only or permission denied, a path vanished, an object "
                  "store or Dask scheduler unreachable; fix it and run the same command again",
+    EXIT_BUSY: "another writer holds the lake (the line names it); run again when it has finished, or add --wait",
     EXIT_INTERNAL: "internal error (a bug): rerun with -v and report the traceback",
     EXIT_SIGNAL_BASE + signal.SIGINT: "interrupted by Ctrl-C (SIGINT); what finished is kept, the same command "
                                       "resumes",
@@ -69,6 +71,12 @@ class UnreachableError(FlairLakeError, ConnectionError):
     """A service the command needs (an object store, a Dask scheduler) does not answer or refuses."""
 
     exit_code = EXIT_SYSTEM
+
+
+class LakeBusyError(FlairLakeError):
+    """Another writer holds the lake's lock."""
+
+    exit_code = EXIT_BUSY
 
 
 class UsageError(FlairLakeError, ValueError):

@@ -17,6 +17,7 @@ from flair_lake.cli import (
     lake_argument,
     scheduler_option,
     storage_option,
+    wait_option,
     workers_option,
 )
 
@@ -39,8 +40,9 @@ from flair_lake.cli import (
 @click.option("--centroids", "centroids_path", type=click.Path(dir_okay=False),
               help="flair-2_centroids_sp_to_patch.json when it is not next to the tree.")
 @storage_option
+@wait_option
 def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_shard, sat_window, metadata_path,
-           centroids_path, storage_options):
+           centroids_path, storage_options, wait):
     """Ingest the raw FLAIR tree(s) under RAW into the Zarr lake LAKE (default $FLAIR_LAKE or ./lake.zarr).
 
     \b
@@ -51,7 +53,7 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
     from pipelines.ingest import ingest as run_ingest
 
     cfg = config.IngestConfig(codec=codec, sentinel_codec=sentinel_codec, sat_window=sat_window, workers=workers,
-                              scheduler=scheduler, patches_per_shard=patches_per_shard)
+                              scheduler=scheduler, patches_per_shard=patches_per_shard, wait=wait)
     summary = run_ingest(raw, lake, cfg, metadata_path=metadata_path, centroids_path=centroids_path,
                          storage_options=storage_options)
     for line in summary.lines():
@@ -88,8 +90,9 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
 @scheduler_option
 @workers_option
 @storage_option
+@wait_option
 def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels, preset, codec, name, overwrite,
-               scheduler, workers, storage_options):
+               scheduler, workers, storage_options, wait):
     """Drop cloudy and snowy dates and build monthly composites, once, as a named view in LAKE.
 
     LAKE defaults to $FLAIR_LAKE or ./lake.zarr. Re-running with the same parameters does nothing; other
@@ -100,6 +103,6 @@ def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels
     cfg = config.FilterConfig.from_flags(preset=preset, codec=codec, max_cover=max_cover, min_prob=min_prob,
                                          combine=combine, monthly=monthly, reducer=reducer, mask_pixels=mask_pixels)
     summary = run_filter(lake, cfg, name=name, overwrite=overwrite, scheduler=scheduler, workers=workers,
-                         storage_options=storage_options)
+                         storage_options=storage_options, wait=wait)
     for line in summary.lines():
         click.echo(line)

@@ -24,6 +24,7 @@ from flair_lake.chunkio import write_shard
 from flair_lake.config import MONTHLY_LEVEL, FilterConfig
 from flair_lake.errors import Interrupted
 from flair_lake.info import report_lines
+from flair_lake.lock import writer
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import composite_windows, month_day_offsets
 from pipelines.filter_plan import COORDS, FilterPlan, FilterState, FilterTask, plan_filter
@@ -150,8 +151,9 @@ def _filter_shard(task: FilterTask) -> dict:
 # --- coordinator ------------------------------------------------------------------------------------------------
 def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwrite: bool = False,
                scheduler: str | None = None, workers: int | None = None, storage_options: dict | None = None,
-               progress: bool | None = None, window: int = schema.S2_WINDOW) -> FilterSummary:
-    """Build (or resume, or extend) the view of ``cfg`` in ``lake``.
+               progress: bool | None = None, window: int = schema.S2_WINDOW, wait: bool = False) -> FilterSummary:
+    """Build (or resume, or extend) the view of ``cfg`` in ``lake``, as the lake's one writer (``wait``: for the
+    writer that holds it, else refuse).
 
     Plan (:func:`pipelines.filter_plan.plan_filter`, nothing written) -> execute (prepare the view, record the
     run, map the shard tasks over the cluster) -> record the report.
@@ -160,11 +162,22 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
         LakeNotFoundError: no lake at ``lake``.
         LakeStateError: no Sentinel data, or a view of that name with other parameters (without overwrite).
     """
-    from pipelines.cluster import check_scheduler, forget_listings
+    from pipelines.cluster import check_scheduler
 
     t0 = time.perf_counter()
-    root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+    lk.open_lake(lake, storage_options=storage_options)  # a lake is there: checked before the lock is taken
     check_scheduler(scheduler)
+    with writer(lake, "filter", storage_options=storage_options, wait=wait):  # one writer at a time
+        root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+        return _filter_view(root, lake, cfg, name, overwrite, scheduler, workers, storage_options, progress,
+                            window, t0)
+
+
+def _filter_view(root, lake: str, cfg: FilterConfig, name: str | None, overwrite: bool, scheduler, workers,
+                 storage_options: dict | None, progress, window: int, t0: float) -> FilterSummary:
+    """Plan, execute and record the view, holding the lake's writer lock."""
+    from pipelines.cluster import forget_listings
+
     name = name or cfg.view_name()
     state = FilterState.read(root, name)
     plan = plan_filter(state, cfg, lake, name=name, overwrite=overwrite, storage_options=storage_options,

@@ -23,6 +23,7 @@ from flair_lake import schema
 from flair_lake import zarr_compat as zc
 from flair_lake.config import IngestConfig
 from flair_lake.errors import EXIT_OK, EXIT_PARTIAL, FlairLakeError, Interrupted, RawFormatError
+from flair_lake.lock import writer
 from flair_lake.raw import names
 from flair_lake.raw.discover import PatchFiles, RawTree, discover
 from pipelines.ingest_plan import IngestPlan, LakeState, plan_ingest
@@ -143,13 +144,22 @@ def ingest(raw: str | Path, lake: str, cfg: IngestConfig | None = None, *,
     Raises:
         FlairLakeError: wrong root, empty tree, unwritable target (nothing is written then).
     """
-    from pipelines.cluster import check_scheduler, forget_listings
+    from pipelines.cluster import check_scheduler
 
     t0 = time.perf_counter()
     cfg = cfg or IngestConfig()
     lk.check_writable(lake)
     check_scheduler(cfg.scheduler)
     tree = discover(raw, metadata_path=metadata_path, centroids_path=centroids_path, sat_window=cfg.sat_window)
+    with writer(lake, "ingest", storage_options=storage_options, wait=cfg.wait):  # one writer at a time
+        return _ingest_tree(raw, lake, tree, cfg, metadata_path, centroids_path, storage_options, progress, t0)
+
+
+def _ingest_tree(raw, lake: str, tree: RawTree, cfg: IngestConfig, metadata_path, centroids_path,
+                 storage_options: dict | None, progress, t0: float) -> IngestSummary:
+    """Plan, execute and record the ingest of the discovered ``tree``, holding the lake's writer lock."""
+    from pipelines.cluster import forget_listings
+
     root = _open_or_create(raw, lake, tree, cfg, storage_options)
     # the tree's explicit options are recorded: a resume from another tree, and validate's fix, reuse them
     options = {k: str(Path(v).resolve()) for k, v in (("metadata", metadata_path), ("centroids", centroids_path)) if v}

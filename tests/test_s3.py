@@ -122,3 +122,34 @@ def test_a_dead_endpoint_is_one_line_from_the_real_command(tmp_path):
                              timeout=120, cwd=tmp_path)
         assert res.returncode == EXIT_SYSTEM
         assert res.stderr.count("\n") == 1 and "cannot reach the object store" in res.stderr, res.stderr[-2000:]
+
+
+def test_one_writer_at_a_time_on_the_object_store(s3):
+    """The lock on S3: an exclusive create (If-None-Match), refused while held, taken over by a conditional put
+    (If-Match) once the lease has expired, released by its holder only."""
+    import json
+
+    from flair_lake.errors import LakeBusyError
+    from flair_lake.lock import WriterLock, lock_path
+
+    lake = "s3://flair/locked.zarr"
+    first = WriterLock(lake, "ingest")
+    first.acquire()
+    with pytest.raises(LakeBusyError, match="is being written by ingest"):
+        WriterLock(lake, "filter").acquire()
+    first.release()
+    second = WriterLock(lake, "filter", lease=0.2)
+    second.acquire()
+    second._stop.set()  # its lease is no longer renewed: as if it had been killed
+    time.sleep(0.5)
+    third = WriterLock(lake, "validate --repair")
+    third.acquire()  # took over
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    assert json.loads(fs.cat_file(lock_path(lake).split("://")[1]))["token"] == third.token
+    second.release()  # not its lock any more: left alone
+    assert fs.exists(lock_path(lake).split("://")[1])
+    third.release()
+    fs.invalidate_cache()
+    assert not fs.exists(lock_path(lake).split("://")[1])

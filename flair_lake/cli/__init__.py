@@ -22,11 +22,13 @@ from flair_lake.cli.options import (
     parse_storage_options,
     scheduler_option,
     storage_option,
+    wait_option,
     workers_option,
 )
 
 __all__ = ["CONTEXT_SETTINGS", "ENTRY_POINT_GROUP", "Command", "PluginGroup", "command", "lake_argument", "main",
-           "parse_split", "parse_storage_options", "scheduler_option", "storage_option", "workers_option"]
+           "parse_split", "parse_storage_options", "scheduler_option", "storage_option", "wait_option",
+           "workers_option"]
 
 ENTRY_POINT_GROUP = "flair_lake.commands"
 

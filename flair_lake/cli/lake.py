@@ -8,7 +8,14 @@ import sys
 import click
 
 from flair_lake import config
-from flair_lake.cli.options import OUTPUT_FILE, OUTPUT_FOLDER, command, lake_argument, storage_option
+from flair_lake.cli.options import (
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    command,
+    lake_argument,
+    storage_option,
+    wait_option,
+)
 
 
 @command()
@@ -57,7 +64,8 @@ def info(lake, as_json, storage_options):
               "it; the same for a view's monthly shard; strip NUL padding from metadata. Then print the ingest "
               "and filter commands that rewrite exactly those shards. With --deep it repairs what --deep finds.")
 @storage_option
-def validate(lake, deep, repair, storage_options):
+@wait_option
+def validate(lake, deep, repair, storage_options, wait):
     """Check LAKE against the lake contract; list each problem with the command that repairs it.
 
     \b
@@ -67,7 +75,7 @@ def validate(lake, deep, repair, storage_options):
     """
     from flair_lake.validate import validate as run_validate
 
-    report = run_validate(lake, deep=deep, repair=repair, storage_options=storage_options)
+    report = run_validate(lake, deep=deep, repair=repair, storage_options=storage_options, wait=wait)
     for line in report.lines():
         click.echo(line)
     sys.exit(report.exit_code)

@@ -70,3 +70,5 @@ scheduler_option = click.option("--scheduler", help="Address of an existing Dask
                                 "default: a LocalCluster sized to this machine.")
 workers_option = click.option("--workers", type=click.IntRange(min=1),
                               help="Worker processes of the LocalCluster (default: one per core).")
+wait_option = click.option("--wait", is_flag=True, help="Wait for another writer of the lake to finish instead "
+                           "of refusing (one writer at a time per lake).")

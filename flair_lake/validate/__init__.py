@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from flair_lake import lake as lk
 from flair_lake.errors import CorruptMetadataError, FlairLakeError
+from flair_lake.lock import writer
 from flair_lake.validate.checks import Checker, check_arrays, check_markers, check_root, check_table, check_views
 from flair_lake.validate.repair import repair_lake, strip_padding
 from flair_lake.validate.report import EXIT_INVALID, ValidationReport
@@ -39,7 +40,7 @@ __all__ = ["EXIT_INVALID", "ValidationReport", "validate"]
 
 
 def validate(lake: str, *, deep: bool = False, repair: bool = False,
-             storage_options: dict | None = None) -> ValidationReport:
+             storage_options: dict | None = None, wait: bool = False) -> ValidationReport:
     """Check ``lake`` against the lake contract; with ``deep``, decode every image and monthly shard.
 
     Args:
@@ -47,6 +48,7 @@ def validate(lake: str, *, deep: bool = False, repair: bool = False,
         deep: also decode every written shard of ``aerial``, ``label`` and the views' ``monthly`` cubes.
         repair: repair what the checks found (see the module docstring) and list the commands to run next.
         storage_options: fsspec options of an object store.
+        wait: with ``repair``, wait for another writer of the lake to finish instead of refusing.
 
     Returns:
         The report: ``ok``, ``exit_code`` and one line per problem with its repair.
@@ -55,6 +57,14 @@ def validate(lake: str, *, deep: bool = False, repair: bool = False,
         LakeNotFoundError: nothing at ``lake``.
         LakeStateError: not a flair-lake, or a schema newer than this code.
     """
+    if repair:  # repairs write: one writer at a time
+        with writer(lake, "validate --repair", storage_options=storage_options, wait=wait):
+            return _validate(lake, deep=deep, repair=True, storage_options=storage_options)
+    return _validate(lake, deep=deep, repair=False, storage_options=storage_options)
+
+
+def _validate(lake: str, *, deep: bool, repair: bool, storage_options: dict | None) -> ValidationReport:
+    """Run the checks (and the repairs) of :func:`validate`."""
     report = ValidationReport(lake=lake, deep=deep, repair=repair)
     mode = "r+" if repair else "r"
 
