@@ -42,6 +42,7 @@ from flair_lake.locations import unwritable
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "flair-lake"
+CREATING = "creating"  # root attribute of a lake whose arrays are not all created yet (create_lake)
 
 
 class StoreUnreachableError(UnreachableError):
@@ -121,6 +122,9 @@ def open_lake(lake: str, *, mode: str = "r", storage_options: dict | None = None
     if attrs.get("format") != FORMAT_NAME:
         raise LakeStateError(f"{lake} is a Zarr group but not a flair-lake (no format attribute); "
                              "give the path of a lake written by `flair-lake ingest`")
+    if CREATING in attrs and mode == "r":
+        raise LakeStateError(f"{lake} is being created (or its creation was interrupted); wait for the ingest that "
+                             f"creates it, or run that ingest again")
     if schema_version(attrs, lake) > schema.SCHEMA_VERSION:
         raise LakeStateError(f"{lake} has schema {attrs['schema_version']}, newer than this flair-lake "
                              f"({schema.SCHEMA_VERSION}); upgrade flair-lake")
@@ -180,23 +184,42 @@ class Layout:
 
 
 def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = None) -> zarr.Group:
-    """Create an empty lake (zero patches) with every per-patch array and the root attrs."""
-    root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3)
+    """Create an empty lake (zero patches) with every per-patch array and the root attrs, all or nothing.
+
+    The root metadata, attributes included, is written first in one write, marked ``creating``; then the arrays
+    and groups; then the mark is removed (one write). A creation killed in between is finished by the next
+    writer (:func:`finish_creation`); readers are told the lake is being created.
+    """
     p, s = layout.patch_size, layout.patches_per_shard
-    specs = {name: storage.create_kwargs(a, 0, storage.role_compressors(a, layout.codec, layout.level))
-             for name, a in schema.lake_arrays(p, s).items()}
-    zc.create_arrays(root, specs)  # in one event-loop round
-    root.require_group(schema.DONE_GROUP)
-    root.require_group(schema.SENTINEL_GROUP)
-    root.require_group(schema.VIEWS_GROUP)
-    root.attrs.update({
+    attrs = {
         "format": FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION, "patch_size": p,
         "patches_per_shard": s, "codec": layout.codec, "crs": f"EPSG:{schema.CRS_EPSG}",
         "footprint_m": schema.PATCH_FOOTPRINT_M, "domains": [], "areas": [], "cameras": [],
         "split_names": list(schema.SPLIT_NAMES), "classes": {str(k): v[0] for k, v in schema.RAW_CLASSES.items()},
         "class_colors": {str(k): v[1] for k, v in schema.RAW_CLASSES.items()}, "runs": [],
-        "band_stats": {}, "quarantine": {},
-    })
+        "band_stats": {}, "quarantine": {}, CREATING: {"level": layout.level},
+    }
+    root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3, attributes=attrs)
+    return finish_creation(root)
+
+
+def finish_creation(root: zarr.Group) -> zarr.Group:
+    """Create what a lake marked ``creating`` lacks (its arrays and groups, from its root attrs), then unmark it.
+
+    Idempotent: a creation killed at any point is finished by calling this again.
+    """
+    attrs = root.attrs.asdict()
+    if CREATING not in attrs:
+        return root
+    p, s, codec = int(attrs["patch_size"]), int(attrs["patches_per_shard"]), attrs["codec"]
+    level = int(attrs[CREATING].get("level", IngestConfig.zstd_level))
+    present = {name for name, _ in root.arrays()}
+    specs = {name: storage.create_kwargs(a, 0, storage.role_compressors(a, codec, level))
+             for name, a in schema.lake_arrays(p, s).items() if name not in present}
+    zc.create_arrays(root, specs)  # in one event-loop round
+    for group in (schema.DONE_GROUP, schema.SENTINEL_GROUP, schema.VIEWS_GROUP):
+        root.require_group(group)
+    del root.attrs[CREATING]
     return root
 
 

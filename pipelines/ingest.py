@@ -188,7 +188,7 @@ def _open_or_create(raw: str | Path, lake: str, tree: RawTree, cfg: IngestConfig
         FlairLakeError: the lake holds patches of another size, or there is no lake and no valid patch.
     """
     if lk.lake_exists(lake, storage_options=storage_options):
-        root = lk.open_lake(lake, mode="r+", storage_options=storage_options)
+        root = lk.finish_creation(lk.open_lake(lake, mode="r+", storage_options=storage_options))
         size = _patch_size(tree) if tree.patches else int(root.attrs["patch_size"])
         if int(root.attrs["patch_size"]) != size:
             raise FlairLakeError(f"{raw} has {size} px patches but {lake} holds "
@@ -213,13 +213,13 @@ def begin_runs(root, plan: IngestPlan) -> None:
             marker = lk.shard_marker(shard)
             if root.get(marker) is not None:
                 del root[marker]
-    if plan.has_new_run:
+    for w in plan.work:  # idempotent: the new run's rows before its record, so that a recorded run has them
+        lk.grow(root, w.rows.stop)
+        _write_coords(root, w.rows, w.patches)
+    if plan.has_new_run:  # a kill before this line leaves rows no run owns: the next run writes over them
         lk.update_run(root, plan.run_id, command="ingest", status="running", raw=plan.raw,
                       rows=[plan.rows.start, plan.rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
                       patches_planned=len(plan.new), **plan.options)
-    for w in plan.work:  # idempotent: also repairs a run killed before its coordinates landed
-        lk.grow(root, w.rows.stop)
-        _write_coords(root, w.rows, w.patches)
 
 
 def record_outcome(root, plan: IngestPlan, written: set[int], summary: IngestSummary, t0: float) -> None:

@@ -1,0 +1,100 @@
+"""SIGKILL at exact moments of an ingest, then the same command: the lake ends as an uninterrupted one.
+
+A helper process wraps one function of the coordinator and kills itself (SIGKILL, no clean-up of any kind) on
+its N-th call, then runs the real command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from flair_lake.config import SynthConfig
+from flair_lake.synth import synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+TREE = SynthConfig(domains=("D006_2020", "D004_2021"), zones_per_domain=1, patches_per_zone=4, patch_size=32,
+                   max_dates=22)
+KILL_ON_CALL = """
+import importlib, os, signal, sys
+module, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mod = importlib.import_module(module)
+original, calls = getattr(mod, name), [0]
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(mod, name, wrapped)
+from flair_lake.cli import main
+main(sys.argv[4:], prog_name="flair-lake")
+"""
+
+
+def run(*args: str, kill: tuple[str, str, int] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", KILL_ON_CALL, *map(str, kill), *args] if kill else \
+        [sys.executable, "-m", "flair_lake.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def content(lake: Path) -> dict:
+    """What a reader sees of a lake: its landed patches with their pixels, and its complete runs."""
+    root = zarr.open_group(str(lake), mode="r")
+    ok = np.flatnonzero(root["status"][:] == 1)
+    ids = root["patch_id"][:][ok]
+    order = np.argsort(ids)
+    runs = root.attrs["runs"]
+    return {"ids": ids[order].tolist(), "aerial": root["aerial"][:][ok][order].tobytes(),
+            "label": root["label"][:][ok][order].tobytes(), "runs": [r["status"] for r in runs],
+            "rows": sorted(tuple(r["rows"]) for r in runs)}
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trees")
+    synthesize(base / "a", TREE)
+    synthesize(base / "b", SynthConfig(**{**TREE.__dict__, "domains": ("D033_2021",)}))
+    return base / "a", base / "b"
+
+
+@pytest.fixture(scope="module")
+def reference(trees, tmp_path_factory):
+    """The lake of an uninterrupted ingest of tree a, then tree b."""
+    lake = tmp_path_factory.mktemp("ref") / "lake.zarr"
+    for tree in trees:
+        assert run("ingest", str(tree), str(lake), "--workers", "1").returncode == 0
+    return content(lake)
+
+
+# (tree whose ingest is killed, module, function, n-th call in that ingest): the moment
+KILLS = [
+    (0, "flair_lake.lake", "finish_creation", 1),  # the root metadata is written, the arrays not yet
+    (0, "flair_lake.zarr_compat", "create_arrays", 1),  # the same, inside the creation
+    (0, "flair_lake.lake", "grow", 1),  # the lake exists; the first run's rows are not written
+    (0, "flair_lake.lake", "update_run", 1),  # the first run's rows are written, its record not yet
+    (0, "flair_lake.lake", "update_run", 2),  # every shard written, the run not yet recorded complete
+    (1, "flair_lake.lake", "grow", 1),  # appending tree b: its rows not written
+    (1, "flair_lake.lake", "update_run", 1),  # appending tree b: its rows written, its record not yet
+]
+
+
+@pytest.mark.parametrize("kill", KILLS, ids=lambda k: f"tree{k[0]}-{k[2]}#{k[3]}")
+def test_a_kill_then_the_same_commands_give_the_uninterrupted_lake(trees, reference, tmp_path, kill):
+    lake = tmp_path / "lake.zarr"
+    killed, where = kill[0], kill[1:]
+    for tree in trees[:killed]:
+        assert run("ingest", str(tree), str(lake), "--workers", "1").returncode == 0
+    res = run("ingest", str(trees[killed]), str(lake), "--workers", "1", kill=where)
+    assert res.returncode == -9, res.stderr
+    for tree in trees:  # the same commands as the reference's, run again
+        res = run("ingest", str(tree), str(lake), "--workers", "1")
+        assert res.returncode == 0, res.stderr
+    assert content(lake) == reference
+    assert run("validate", str(lake)).returncode == 0
