@@ -243,11 +243,13 @@ def record_report(root, plan: FilterPlan, state: FilterState, results: list[dict
     summary.patches = int((state.coords[schema.STATUS_ARRAY] == schema.STATUS_OK).sum())
     summary.seconds = time.perf_counter() - t0
     summary.report = report
-    root[f"{schema.VIEWS_GROUP}/{plan.view}"].attrs.update({"complete": True, "rows": state.n, "report": report,
-                                                             "updated": lk.now_iso()})
-    root[schema.VIEWS_GROUP].attrs["latest"] = plan.view
+    # the complete flag last: a kill before it leaves a view the next run finishes (its shards all marked), never
+    # a complete view whose run or whose 'latest' was not recorded
     lk.update_run(root, plan.run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
                   patches=summary.patches)
+    root[schema.VIEWS_GROUP].attrs["latest"] = plan.view
+    root[f"{schema.VIEWS_GROUP}/{plan.view}"].attrs.update({"complete": True, "rows": state.n, "report": report,
+                                                             "updated": lk.now_iso()})
 
 
 def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> list[dict]:

@@ -132,9 +132,12 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
     if view is not None and view.params != params and not overwrite:
         raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
                              f"({view.params}); pass --overwrite or choose another --name")
-    fresh = view is None or overwrite
+    expected = schema.view_arrays(state.per_shard, t_max, window, cfg.monthly, reducer=cfg.reducer)
+    # a view whose creation was killed before all its arrays existed holds no data yet: it is created again
+    half_created = view is not None and not set(expected) <= set(view.shapes)
+    fresh = view is None or overwrite or half_created
     plan = FilterPlan(view=name, params=params, t_max=t_max, window=window, create=fresh,
-                      delete=view is not None and overwrite)
+                      delete=view is not None and fresh)
     if not fresh:
         dated = schema.date_axes(schema.view_arrays(state.per_shard, t_max, window, cfg.monthly))
         plan.resize = _grown(view.shapes, state.n, t_max, dated)

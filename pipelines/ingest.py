@@ -209,6 +209,7 @@ def begin_runs(root, plan: IngestPlan) -> None:
     """
     for rid, shards in plan.reopened.items():
         lk.update_run(root, rid, status="running", retried=lk.now_iso())
+        _invalidate_views(root, shards)  # first: a view never claims rows whose patches are written again
         for shard in shards:
             marker = lk.shard_marker(shard)
             if root.get(marker) is not None:
@@ -220,6 +221,18 @@ def begin_runs(root, plan: IngestPlan) -> None:
         lk.update_run(root, plan.run_id, command="ingest", status="running", raw=plan.raw,
                       rows=[plan.rows.start, plan.rows.stop], started=lk.now_iso(), codec=root.attrs["codec"],
                       patches_planned=len(plan.new), **plan.options)
+
+
+def _invalidate_views(root, shards: list[int]) -> None:
+    """Mark every view incomplete and drop its markers of ``shards``, whose patches a retry writes again: the next
+    ``flair-lake filter`` of the view filters them (readers are told to run it)."""
+    views = root.get(schema.VIEWS_GROUP)
+    for name, group in (views.groups() if views is not None else ()):
+        group.attrs["complete"] = False
+        for shard in shards:
+            marker = lk.shard_marker(shard, f"{schema.VIEWS_GROUP}/{name}/done")
+            if root.get(marker) is not None:
+                del root[marker]
 
 
 def record_outcome(root, plan: IngestPlan, written: set[int], summary: IngestSummary, t0: float) -> None:

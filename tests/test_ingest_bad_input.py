@@ -445,6 +445,33 @@ def test_a_redownloaded_file_lands_on_the_next_ingest(tmp_path):
     assert res.exit_code == 0 and "shards written 0" in res.output and "nothing new" in res.output, res.output
 
 
+def test_a_retried_patch_is_filtered_by_the_next_filter(tmp_path):
+    """A view built while a patch was quarantined is incomplete once the retry writes the patch; readers say so
+    in one line and the next filter fills the patch's series."""
+    from flair_lake.errors import LakeStateError
+    from flair_lake.loader import LakeDataset
+
+    raw, lake = make_tree(tmp_path), tmp_path / "lake.zarr"
+    pristine = make_tree(tmp_path, "pristine")
+    _truncate(raw, 40003)
+    assert run_ingest(raw, lake).exit_code == 3
+    runner = CliRunner()
+    assert runner.invoke(main, ["filter", str(lake), "--monthly", "--workers", "1"]).exit_code == 0
+    shutil.copy(images(pristine)[40003], images(raw)[40003])
+    later = time.time() + 5
+    os.utime(images(raw)[40003], (later, later))
+    assert run_ingest(raw, lake).exit_code == 0
+    view = "cloud0.6-prob60-union-monthly-mean"
+    with pytest.raises(LakeStateError, match="is incomplete; run `flair-lake filter` again"):
+        LakeDataset(str(lake), view=view, split="val")
+    res = runner.invoke(main, ["filter", str(lake), "--monthly", "--workers", "1"])
+    assert res.exit_code == 0 and "shards written 1" in res.output, res.output
+    root = zarr.open_group(str(lake), mode="r")
+    row = int(np.flatnonzero(root["patch_id"][:] == 40003)[0])
+    assert root[f"views/{view}/n_dates"][row] > 0 and root[f"views/{view}/month_count"][row].sum() > 0
+    assert len(LakeDataset(str(lake), view=view, split="val")) == 4
+
+
 def test_a_second_image_of_an_id_is_reported_and_the_first_lands(raw_tree, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(raw_tree, raw)

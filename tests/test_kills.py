@@ -98,3 +98,44 @@ def test_a_kill_then_the_same_commands_give_the_uninterrupted_lake(trees, refere
         assert res.returncode == 0, res.stderr
     assert content(lake) == reference
     assert run("validate", str(lake)).returncode == 0
+
+
+VIEW = "cloud0.6-prob60-union-monthly-mean"
+
+
+def view_content(lake: Path) -> dict:
+    root = zarr.open_group(str(lake), mode="r")
+    vg = root[f"views/{VIEW}"]
+    return {"complete": vg.attrs["complete"], "latest": root["views"].attrs["latest"],
+            "runs": [r["status"] for r in root.attrs["runs"] if r.get("command") == "filter"][-1:],
+            **{name: vg[name][:].tobytes() for name in ("keep", "n_dates", "monthly", "month_count")}}
+
+
+@pytest.fixture(scope="module")
+def filtered(trees, tmp_path_factory):
+    """A lake of tree a, and the same lake with the uninterrupted monthly view."""
+    base = tmp_path_factory.mktemp("filtered")
+    assert run("ingest", str(trees[0]), str(base / "lake.zarr"), "--workers", "1").returncode == 0
+    import shutil
+
+    shutil.copytree(base / "lake.zarr", base / "ref.zarr")
+    assert run("filter", str(base / "ref.zarr"), "--monthly", "--workers", "1").returncode == 0
+    return base / "lake.zarr", view_content(base / "ref.zarr")
+
+
+@pytest.mark.parametrize("kill", [
+    ("flair_lake.zarr_compat", "create_arrays", 1),  # the view's group is created, its arrays not
+    ("flair_lake.lake", "update_run", 2),  # every shard filtered, the run not yet recorded complete
+    ("pipelines.filter", "build_report", 1),  # the same, before the report
+], ids=lambda k: f"{k[1]}#{k[2]}")
+def test_a_killed_filter_then_the_same_command_gives_the_uninterrupted_view(filtered, tmp_path, kill):
+    import shutil
+
+    lake = tmp_path / "lake.zarr"
+    shutil.copytree(filtered[0], lake)
+    res = run("filter", str(lake), "--monthly", "--workers", "1", kill=kill)
+    assert res.returncode == -9, res.stderr
+    res = run("filter", str(lake), "--monthly", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    assert view_content(lake) == filtered[1]
+    assert run("validate", str(lake)).returncode == 0
