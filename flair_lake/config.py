@@ -22,6 +22,9 @@ def default_lake() -> str:
 
 # --- the lake's writer lock (flair_lake/lock.py) ----------------------------------------------------------------
 LOCK_LEASE_S = 120.0  # a writer renews its lease every third of this; a dead remote holder is taken over after it
+# a view generation replaced by `filter --overwrite` stays readable this long (a training run that opened it reads it
+# to its end), then the next filter of the lake collects it
+VIEW_RETAIN_S = 7 * 24 * 3600.0
 
 
 # --- synth ------------------------------------------------------------------------------------------------------

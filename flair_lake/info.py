@@ -72,8 +72,11 @@ def describe(lake: str, *, storage_options: dict | None = None) -> dict:
     views = []
     vg = root.get(schema.VIEWS_GROUP)
     if vg is not None:
+        current, replaced = lk.current_views(vg), lk.replaced_generations(vg)
         for name, g in sorted(vg.groups()):
-            views.append({"name": name, **g.attrs.asdict()})
+            view = schema.view_name_of(name)[0]
+            state = "replaced" if name in replaced else "current" if current.get(view) == name else "building"
+            views.append({"name": name, "view": view, "generation": state, **g.attrs.asdict()})
     runs = attrs.get("runs", [])
     raw_bytes = sum(int(r.get("raw_bytes", 0)) for r in runs if r.get("command") == "ingest")
     stored_total = sum(a["stored_bytes"] for a in arrays if not a["path"].startswith(schema.SENTINEL_GROUP)) \
@@ -122,8 +125,13 @@ def format_report(r: dict) -> str:
             desc = FilterConfig.from_params(v.get("params", {})).describe()
         except UsageError:  # written by another flair-lake version: show what it recorded
             desc = f"parameters {v.get('params')}"
-        latest = " (latest)" if v["name"] == r.get("latest_view") else ""
-        lines.append(f"  {v['name']}{latest}: {desc}; {'complete' if v.get('complete') else 'INCOMPLETE'}")
+        latest = " (latest)" if v.get("view", v["name"]) == r.get("latest_view") and v.get("generation") == "current" \
+            else ""
+        generation = {"replaced": " (replaced by --overwrite: kept for the readers that opened it, then collected)",
+                      "building": " (being rebuilt by --overwrite: becomes current when complete)"}.get(
+                          v.get("generation"), "")
+        lines.append(f"  {v['name']}{latest}{generation}: {desc}; "
+                     f"{'complete' if v.get('complete') else 'INCOMPLETE'}")
         for line in report_lines(v.get("report", {})):
             lines.append(f"    {line}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def create_lake(lake: str, layout: Layout, *, storage_options: dict | None = Non
         "footprint_m": schema.PATCH_FOOTPRINT_M, "domains": [], "areas": [], "cameras": [],
         "split_names": list(schema.SPLIT_NAMES), "classes": {str(k): v[0] for k, v in schema.RAW_CLASSES.items()},
         "class_colors": {str(k): v[1] for k, v in schema.RAW_CLASSES.items()}, "runs": [],
-        "band_stats": {}, "quarantine": {}, CREATING: {"level": layout.level},
+        "band_stats": {}, "quarantine": {}, "lake_id": uuid.uuid4().hex, CREATING: {"level": layout.level},
     }
     root = _open_group(lake, mode="w-", storage_options=storage_options, zarr_format=3, attributes=attrs)
     return finish_creation(root)
@@ -292,31 +293,83 @@ def read_markers(root: zarr.Group, prefix: str = schema.DONE_GROUP) -> dict[int,
             if name.startswith("s") and name[1:].isdigit()}
 
 
+def current_views(vg: zarr.Group | None) -> dict[str, str]:
+    """Return view name -> group of its current generation, for every view of the views group ``vg``."""
+    if vg is None:
+        return {}
+    mapping = dict(vg.attrs.get("current", {}))
+    out: dict[str, str] = {}
+    for group, _ in vg.groups():
+        name, _k = schema.view_name_of(group)
+        out.setdefault(name, mapping.get(name, name))
+    return {name: group for name, group in out.items() if group in vg}
+
+
+def provenance(root: zarr.Group, view: str | None) -> dict:
+    """Return what a training run read: the lake's id, its ingest runs and the view generation (group)."""
+    runs = [r["id"] for r in root.attrs.get("runs", []) if r.get("command") == "ingest"]
+    return {"lake_id": root.attrs.get("lake_id"), "ingest_runs": runs, "view": view}
+
+
+def provenance_changes(trained: dict | None, now: dict) -> list[str]:
+    """Return how the lake and view ``now`` differ from those a run was ``trained`` on, one phrase each."""
+    if not trained:
+        return []
+    out = []
+    if trained.get("lake_id") != now.get("lake_id"):
+        out.append(f"another lake (id {now.get('lake_id')}, trained on {trained.get('lake_id')})")
+    else:
+        added = [r for r in now.get("ingest_runs", []) if r not in trained.get("ingest_runs", [])]
+        if added:
+            out.append(f"{len(added)} ingest run(s) added since training ({', '.join(added)})")
+    if trained.get("view") != now.get("view"):
+        out.append(f"view {now.get('view')} (trained on {trained.get('view')})")
+    return out
+
+
+def replaced_generations(vg: zarr.Group | None) -> set[str]:
+    """Return the view groups an ``--overwrite`` replaced (kept for their readers until collected)."""
+    current = current_views(vg)
+    out = set()
+    for group, _ in (vg.groups() if vg is not None else ()):
+        name, k = schema.view_name_of(group)
+        if name in current and k < schema.view_name_of(current[name])[1]:
+            out.add(group)
+    return out
+
+
 def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: bool = False,
                  monthly: bool = False) -> str | None:
-    """Return the view to read: ``view`` when given (checked), else the latest one (None when there is none).
+    """Return the group of the view to read: the current generation of ``view`` when given (checked), else of the
+    latest view (None when there is none). A generation's own group name (``clear~2``, as a checkpoint records
+    it) is taken as it is, while it exists.
 
     With ``monthly``, the default is the latest view that has a monthly cube (the most recently updated one
     when the latest view has none).
 
     Raises:
         LakeStateError: ``view`` does not exist (the message lists the views), or ``complete`` is asked and the
-            view was left unfinished.
+            view was left unfinished, or the view was built before patches were appended.
     """
     vg = root.get(schema.VIEWS_GROUP)
-    names = sorted(n for n, _ in vg.groups()) if vg is not None else []
+    current = current_views(vg)
+    groups = {n for n, _ in vg.groups()} if vg is not None else set()
+
+    def updated(group: str) -> str:
+        return vg[group].attrs.get("updated") or vg[group].attrs.get("created") or ""
+
     if view is None:
-        view = vg.attrs.get("latest") if vg is not None else None
-        if view not in names:  # none yet, or its latest view was removed: the most recently completed one
-            done = [n for n in names if vg[n].attrs.get("complete")]
-            view = max(done, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
-                       default=None)
+        latest = vg.attrs.get("latest") if vg is not None else None
+        view = current.get(latest)
+        if view is None:  # none yet, or its latest view was removed: the most recently completed one
+            view = max((g for g in current.values() if vg[g].attrs.get("complete")), key=updated, default=None)
         if monthly and view is not None and not vg[view].attrs.get("params", {}).get("monthly"):
-            cubes = [n for n in names if vg[n].attrs.get("params", {}).get("monthly")]
-            view = max(cubes, key=lambda n: vg[n].attrs.get("updated") or vg[n].attrs.get("created") or "",
-                       default=view)
-    elif view not in names:
-        raise LakeStateError(f"view {view!r} is not in {lake}; views: {', '.join(names) or 'none'} "
+            cubes = [g for g in current.values() if vg[g].attrs.get("params", {}).get("monthly")]
+            view = max(cubes, key=updated, default=view)
+    elif view in current:
+        view = current[view]
+    elif view not in groups:
+        raise LakeStateError(f"view {view!r} is not in {lake}; views: {', '.join(sorted(current)) or 'none'} "
                              "(build one with `flair-lake filter --monthly`)")
     if view is not None and complete and not vg[view].attrs.get("complete"):
         raise LakeStateError(f"view {view!r} of {lake} is incomplete; run `flair-lake filter` again to finish it")

@@ -272,6 +272,23 @@ VIEWS_GROUP = "views"  # views/<name>/...
 VIEW_NAME_RE = re.compile(r"(?!zarr\.json$)[A-Za-z0-9_][A-Za-z0-9._-]{0,119}")
 
 
+# A view rebuilt with --overwrite gets a new generation beside the old one: views/<name>~<k>, k = 2, 3, ...;
+# the views group's attribute "current" maps each name to its current generation (absent: the name itself).
+# Readers hold the generation they opened; an old generation is collected by a later filter (config.VIEW_RETAIN_S).
+GENERATION_SEP = "~"  # not allowed in view names (VIEW_NAME_RE), so a generation is never mistaken for a name
+
+
+def view_generation(name: str, k: int) -> str:
+    """Return the group name of generation ``k`` (1, 2, ...) of the view ``name``."""
+    return name if k <= 1 else f"{name}{GENERATION_SEP}{k}"
+
+
+def view_name_of(group: str) -> tuple[str, int]:
+    """Return (view name, generation) of a view group name: ``clear~3`` -> ("clear", 3), ``clear`` -> ("clear", 1)."""
+    name, sep, k = group.partition(GENERATION_SEP)
+    return name, int(k) if sep and k.isdigit() else 1
+
+
 def check_view_name(name: str) -> str:
     """Return ``name`` when it may name a view (:data:`VIEW_NAME_RE`).
 

@@ -11,6 +11,7 @@ killed run resumes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.chunkio import write_shard
-from flair_lake.config import MONTHLY_LEVEL, FilterConfig
+from flair_lake.config import MONTHLY_LEVEL, VIEW_RETAIN_S, FilterConfig
 from flair_lake.errors import Interrupted
 from flair_lake.info import report_lines
 from flair_lake.lock import writer
@@ -179,12 +180,15 @@ def _filter_view(root, lake: str, cfg: FilterConfig, name: str | None, overwrite
     from pipelines.cluster import forget_listings
 
     name = name or cfg.view_name()
+    collect_generations(root)
     state = FilterState.read(root, name)
     plan = plan_filter(state, cfg, lake, name=name, overwrite=overwrite, storage_options=storage_options,
                        window=window)
     summary = FilterSummary(lake=lake, view=name, shards_skipped=plan.shards_skipped)
     prepare_view(root, plan, cfg, state.per_shard, state.n)
     if plan.up_to_date:
+        if lk.current_views(root[schema.VIEWS_GROUP]).get(name) != plan.view:  # complete, killed before its switch
+            switch(root, name, plan.view)
         summary.up_to_date = True
         return summary
     begin_run(root, plan)
@@ -200,7 +204,8 @@ def _filter_view(root, lake: str, cfg: FilterConfig, name: str | None, overwrite
 
 
 def prepare_view(root, plan: FilterPlan, cfg: FilterConfig, per_shard: int, n: int) -> None:
-    """Delete the view when it is overwritten, create its arrays at ``n`` rows, or grow them (the plan's
+    """Create the view's group and arrays at ``n`` rows (a new view, or a new generation of an overwritten one;
+    a group whose creation was killed is deleted first), or grow them (the plan's
     :attr:`~pipelines.filter_plan.FilterPlan.resize`)."""
     if plan.delete:
         del root[schema.VIEWS_GROUP][plan.view]
@@ -228,8 +233,8 @@ def begin_run(root, plan: FilterPlan) -> None:
     if plan.resumes:  # its record is completed, not left running beside a new one
         lk.update_run(root, plan.run_id, resumed=lk.now_iso(), params=plan.params)
     else:
-        lk.update_run(root, plan.run_id, command="filter", view=plan.view, status="running", started=lk.now_iso(),
-                      params=plan.params)
+        lk.update_run(root, plan.run_id, command="filter", view=plan.view, name=plan.name, status="running",
+                      started=lk.now_iso(), params=plan.params)
 
 
 def record_report(root, plan: FilterPlan, state: FilterState, results: list[dict], summary: FilterSummary,
@@ -247,9 +252,42 @@ def record_report(root, plan: FilterPlan, state: FilterState, results: list[dict
     # a complete view whose run or whose 'latest' was not recorded
     lk.update_run(root, plan.run_id, status="complete", finished=lk.now_iso(), seconds=round(summary.seconds, 2),
                   patches=summary.patches)
-    root[schema.VIEWS_GROUP].attrs["latest"] = plan.view
     root[f"{schema.VIEWS_GROUP}/{plan.view}"].attrs.update({"complete": True, "rows": state.n, "report": report,
                                                              "updated": lk.now_iso()})
+    switch(root, plan.name, plan.view)
+
+
+def switch(root, name: str, group: str) -> None:
+    """Make ``group`` the current generation of the view ``name`` and ``name`` the latest view: one write of the
+    views group's attributes, so a reader resolves either the old generation or the new one, never a mix."""
+    views = root[schema.VIEWS_GROUP]
+    attrs = views.attrs.asdict()
+    current = {**attrs.get("current", {}), name: group}
+    since = {**attrs.get("current_since", {}), name: lk.now_iso()} if current != attrs.get("current") \
+        else attrs.get("current_since", {})
+    views.attrs.update({"current": current, "current_since": since, "latest": name})
+
+
+def collect_generations(root, now: float | None = None) -> list[str]:
+    """Delete the view generations replaced more than :data:`config.VIEW_RETAIN_S` ago; return their groups.
+
+    A reader (a training run) that opened a generation before it was replaced keeps reading it until then.
+    """
+    views = root.get(schema.VIEWS_GROUP)
+    if views is None:
+        return []
+    now = time.time() if now is None else now
+    current, since = lk.current_views(views), views.attrs.get("current_since", {})
+    gone = []
+    for group, _ in list(views.groups()):
+        name, k = schema.view_name_of(group)
+        cur = current.get(name)
+        if cur is None or k >= schema.view_name_of(cur)[1] or name not in since:
+            continue
+        if now - dt.datetime.fromisoformat(since[name]).timestamp() > VIEW_RETAIN_S:
+            del views[group]
+            gone.append(group)
+    return gone
 
 
 def _run_tasks(tasks, scheduler, workers, progress, summary: FilterSummary) -> list[dict]:

@@ -61,7 +61,10 @@ class FilterState:
     area_shapes: dict[str, tuple[int, ...]]  # super-area -> shape of its data (dates, bands, rows, cols)
     coords: dict[str, np.ndarray]  # COORDS and REPORT_COORDS of every row
     runs: list[dict]
-    view: ViewState | None = None
+    view: ViewState | None = None  # the current generation of the view (None: no view of that name)
+    group: str = ""  # its group under views/ (the view's name for a first generation)
+    pending: tuple[str, ViewState] | None = None  # a newer generation an interrupted --overwrite left unswitched
+    next_generation: int = 1  # the generation a new --overwrite builds
 
     @property
     def n(self) -> int:
@@ -74,16 +77,27 @@ class FilterState:
         attrs = root.attrs.asdict()
         sen = root.get(schema.SENTINEL_GROUP)
         shapes = {name: tuple(g["data"].shape) for name, g in sen.groups()} if sen is not None else {}
-        path = f"{schema.VIEWS_GROUP}/{view}"
-        vg = root.get(path)
-        state = None
-        if vg is not None:
-            state = ViewState(params=vg.attrs.get("params"), complete=bool(vg.attrs.get("complete")),
-                              shapes={name: tuple(arr.shape) for name, arr in vg.arrays()},
-                              finished=frozenset(lk.read_markers(root, f"{path}/done")))
+        views = root.get(schema.VIEWS_GROUP)
+        group = lk.current_views(views).get(view, view)
+        ks = {schema.view_name_of(g)[1]: g for g, _ in (views.groups() if views is not None else ())
+              if schema.view_name_of(g)[0] == view}
+        current_k = schema.view_name_of(group)[1]
+        newest = max(ks, default=0)
+        pending = (ks[newest], _view_state(root, ks[newest])) if newest > current_k else None
         return cls(per_shard=int(attrs["patches_per_shard"]), areas=list(attrs.get("areas", [])), area_shapes=shapes,
                    coords=zc.read_arrays(root, COORDS + REPORT_COORDS), runs=list(attrs.get("runs", [])),
-                   view=state)
+                   view=_view_state(root, group), group=group, pending=pending, next_generation=newest + 1)
+
+
+def _view_state(root, group: str) -> ViewState | None:
+    """Return what the plan reads of the view group ``views/<group>`` (None when there is none)."""
+    path = f"{schema.VIEWS_GROUP}/{group}"
+    vg = root.get(path)
+    if vg is None:
+        return None
+    return ViewState(params=vg.attrs.get("params"), complete=bool(vg.attrs.get("complete")),
+                     shapes={name: tuple(arr.shape) for name, arr in vg.arrays()},
+                     finished=frozenset(lk.read_markers(root, f"{path}/done")))
 
 
 # --- the plan ---------------------------------------------------------------------------------------------------
@@ -91,18 +105,19 @@ class FilterState:
 class FilterPlan:
     """What a filter run does, decided before anything is written."""
 
-    view: str
+    view: str  # the group the run writes under views/: the view's name, or a new generation (name~k)
     params: dict  # the config as the view and its run record store it
     t_max: int  # the most dates of any super-area: the date axis of cover and keep
     window: int
     create: bool  # the view's arrays are created (no view yet, or an overwritten one)
-    delete: bool  # an existing view is deleted first (overwrite)
+    delete: bool  # a view group whose creation was killed (not all its arrays) is deleted first
     resize: dict[str, tuple[int, ...]] = field(default_factory=dict)  # existing arrays grown (an extension)
     tasks: list[FilterTask] = field(default_factory=list)  # largest first
     shards_skipped: int = 0  # shards with patches whose marker exists
     up_to_date: bool = False  # nothing to write and the view is complete
     run_id: str = ""
     resumes: bool = False  # run_id is an interrupted run of this view, which this run finishes
+    name: str = ""  # the view's name (what readers ask for); ``view`` becomes its current generation when complete
 
 
 def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str | None = None,
@@ -128,16 +143,22 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
                              "its flair_sen_* folders")
     name = schema.check_view_name(name or cfg.view_name())
     params = dataclasses.asdict(cfg)
-    view = state.view
+    view, group = state.view, state.group or name
     if view is not None and view.params != params and not overwrite:
         raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
                              f"({view.params}); pass --overwrite or choose another --name")
+    if view is not None and overwrite:  # built aside, as a new generation; readers keep the current one
+        if state.pending is not None and state.pending[1].params == params:  # an interrupted --overwrite: resumed
+            group, view = state.pending
+        else:
+            k = max(state.next_generation, schema.view_name_of(group)[1] + 1)
+            group, view = schema.view_generation(name, k), None
     expected = schema.view_arrays(state.per_shard, t_max, window, cfg.monthly, reducer=cfg.reducer)
     # a view whose creation was killed before all its arrays existed holds no data yet: it is created again
     half_created = view is not None and not set(expected) <= set(view.shapes)
-    fresh = view is None or overwrite or half_created
-    plan = FilterPlan(view=name, params=params, t_max=t_max, window=window, create=fresh,
-                      delete=view is not None and fresh)
+    fresh = view is None or half_created
+    plan = FilterPlan(view=group, name=name, params=params, t_max=t_max, window=window, create=fresh,
+                      delete=half_created)
     if not fresh:
         dated = schema.date_axes(schema.view_arrays(state.per_shard, t_max, window, cfg.monthly))
         plan.resize = _grown(view.shapes, state.n, t_max, dated)

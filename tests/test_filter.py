@@ -119,8 +119,12 @@ def test_views_noop_other_params_overwrite_and_report(lake_copy):
     with pytest.raises(Exception, match="exists .* with other parameters"):
         run_filter(lake_copy, FilterConfig(max_cover=0.2), name=first.view, workers=1)
     run_filter(lake_copy, FilterConfig(max_cover=0.2), name=first.view, overwrite=True, workers=1)
-    vg = zarr.open_group(lake_copy, mode="r")[f"views/{first.view}"]
+    root = zarr.open_group(lake_copy, mode="r")
+    current = lk.resolve_view(root, lake_copy, first.view)  # its second generation, built aside
+    assert current == f"{first.view}~2" and root["views"].attrs["current"][first.view] == current
+    vg = root[f"views/{current}"]
     assert vg.attrs["params"]["max_cover"] == 0.2 and "monthly" not in vg
+    assert root[f"views/{first.view}"].attrs["params"]["monthly"]  # the first stays for the readers that hold it
     rep = zarr.open_group(lake_copy, mode="r")[f"views/{other.view}"].attrs["report"]
     # the run built its report from what its tasks returned; read back from the lake it is the same
     assert build_report(zarr.open_group(lake_copy, mode="r"), other.view) == rep

@@ -209,7 +209,8 @@ def _filter_state(view: ViewState | None = None, runs: list[dict] | None = None,
 
 
 def _view(cfg: FilterConfig, finished=(), complete: bool = False, rows: int = 32, dates: int = 30) -> ViewState:
-    shapes = {"cover": (rows, dates), "keep": (rows, dates), "n_dates": (rows,)}
+    layouts = schema.view_arrays(FILTER_SHARD, dates, schema.S2_WINDOW, cfg.monthly, reducer=cfg.reducer)
+    shapes = {name: layout.shape(rows) for name, layout in layouts.items()}
     return ViewState(dataclasses.asdict(cfg), complete, shapes, frozenset(finished))
 
 
@@ -234,8 +235,20 @@ def test_no_sentinel_data_or_other_parameters_stop_the_plan():
     other = _filter_state(_view(FilterConfig(max_cover=0.3), finished={0, 1, 2}, complete=True))
     with pytest.raises(LakeStateError, match="exists in lake.zarr with other parameters"):
         plan_filter(other, cfg, LAKE)
-    plan = plan_filter(other, cfg, LAKE, overwrite=True)  # rebuilt whole: its markers go with it
-    assert plan.delete and plan.create and _tasks(plan) == [1, 0, 2] and plan.shards_skipped == 0
+    plan = plan_filter(other, cfg, LAKE, overwrite=True)  # rebuilt whole, aside, as its second generation
+    assert plan.view == f"{cfg.view_name()}~2" and plan.name == cfg.view_name()
+    assert plan.create and not plan.delete and _tasks(plan) == [1, 0, 2] and plan.shards_skipped == 0
+    # an --overwrite killed before its switch is resumed, not started again as a third generation
+    pending = (f"{cfg.view_name()}~2", _view(cfg, finished={1}))
+    plan = plan_filter(dataclasses.replace(other, pending=pending, next_generation=3), cfg, LAKE, overwrite=True)
+    assert plan.view == f"{cfg.view_name()}~2" and not plan.create and _tasks(plan) == [0, 2]
+
+
+def test_a_view_whose_creation_was_killed_is_created_again():
+    cfg = FilterConfig(monthly=True)
+    half = dataclasses.replace(_view(cfg), shapes={"cover": (32, 30)})
+    plan = plan_filter(_filter_state(half), cfg, LAKE)
+    assert plan.delete and plan.create and _tasks(plan) == [1, 0, 2]
 
 
 def test_an_interrupted_view_resumes_its_unfinished_shards_and_its_run():

@@ -72,7 +72,8 @@ class LakeDataset(torch.utils.data.Dataset):
         # zarrs reads local stores; object-store URLs go through fsspec and zarr-python's pipeline
         self.use_zarrs = (storage.zarrs_available() and not storage.is_url(lake)) if use_zarrs is None else use_zarrs
         self.lake, self.storage_options = lake, storage_options
-        self.view = lk.resolve_view(root, lake, view, complete=True)
+        self.view = lk.resolve_view(root, lake, view, complete=True)  # a generation: read to the end, isolated
+        self.provenance = lk.provenance(root, self.view)
         self.rows = select_rows(root, split)
         self.patch_size = int(root.attrs["patch_size"])
         params = root[f"{schema.VIEWS_GROUP}/{self.view}"].attrs["params"] if self.view else {}

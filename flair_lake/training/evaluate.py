@@ -70,8 +70,11 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ck = load_checkpoint(ckpt, dev)
-    loader = make_loader(lake, view=view or ck.get("view"), split=split, batch_size=batch_size,
+    loader = make_loader(lake, view=view or _trained_view(lake, ck), split=split, batch_size=batch_size,
                          num_workers=workers, shuffle=False)
+    changes = lk.provenance_changes(ck.get("trained_on"), loader.dataset.provenance)
+    if changes:
+        log.warning("%s was trained on other data than it is evaluated on: %s", ckpt, "; ".join(changes))
     if len(loader.dataset) == 0:
         raise FlairLakeError(f"split {split!r} has no patches in {lake}")
     tf = BatchTransform(ck.get("band_stats") or lk.open_lake(lake).attrs.get("band_stats", {}),
@@ -116,6 +119,18 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
             plot_examples(worst, Path(out_dir) / f"examples_{result['tag']}.png",
                           title=f"{result['tag']}: the {len(worst)} patches of lowest pixel accuracy")
     return result
+
+
+def _trained_view(lake: str, ck: dict) -> str | None:
+    """Return the view generation a checkpoint was trained on, or its view's current generation when that one
+    was collected since (the difference is reported)."""
+    trained = ck.get("view")
+    if trained is None:
+        return None
+    views = lk.open_lake(lake).get(schema.VIEWS_GROUP)
+    if views is not None and trained in views:
+        return trained
+    return schema.view_name_of(trained)[0]
 
 
 def report_tag(split, view: str | None, trained_view: str | None) -> str:

@@ -157,7 +157,7 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
     out = Path(cfg.out)
     state = _start_state(cfg, out, core, opt, dist)
     if dist.main:
-        _announce(cfg, out, device, n_params, ds.view, len(ds), len(val_loader.dataset), dist)
+        _announce(cfg, out, device, n_params, ds.view, len(ds), len(val_loader.dataset), dist, ds.provenance)
 
     try:
         _train(cfg, out, model, core, opt, loss_fn, train_loader, val_loader, train_tf, val_tf, state, band_stats,
@@ -281,14 +281,15 @@ def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
 
 
 def _announce(cfg: TrainConfig, out: Path, device: torch.device, n_params: int, view: str, n_train: int,
-              n_val: int, dist: Dist) -> None:
-    """Say what is trained, on what, where (the run's first line), and write its config.json."""
+              n_val: int, dist: Dist, provenance: dict) -> None:
+    """Say what is trained, on what, where (the run's first line), and write its config.json with what it reads
+    (``provenance``: the lake's id, its ingest runs, the view generation)."""
     where = "random initialisation (ImageNet weights cannot be downloaded)" if not cfg.encoder_weights \
         else f"weights from {cfg.encoder_weights}"
     _say(f"model {cfg.model}: {n_params / 1e6:.2f} M parameters; encoder {where}; device {device}"
          f"{' bf16 autocast, channels_last' if device.type == 'cuda' and cfg.amp == 'bf16' else ' fp32'}; "
          f"view {view}; train {n_train} / val {n_val} patches; {dist.world} process(es)")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "trained_on": provenance}, indent=1))
 
 
 def _advance(state: dict, epoch: int, va_loss: float, va_miou: float) -> bool:
@@ -309,7 +310,7 @@ def _save_checkpoints(cfg: TrainConfig, out: Path, core, opt, state: dict, ds, b
                                                     "baseline_quirks": cfg.baseline_quirks},
           "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
           "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
-          "patch_size": ds.patch_size, "torch_rng": torch.get_rng_state(),
+          "patch_size": ds.patch_size, "trained_on": ds.provenance, "torch_rng": torch.get_rng_state(),
           "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
     if improved:  # best.pt first: a kill before last.pt is written redoes the epoch, and writes best.pt again
         _atomic_save(ck, out / "best.pt")

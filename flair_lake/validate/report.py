@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flair_lake import schema
 from flair_lake.config import FilterConfig
 from flair_lake.errors import EXIT_INVALID, FlairLakeError, UsageError
 from flair_lake.raw.names import patch_name
@@ -105,6 +106,7 @@ def filter_command(lake: str, name: str, params: dict, *, overwrite: bool = Fals
 
     A config no ``flair-lake filter`` options give (:meth:`FilterConfig.to_flags`) is rebuilt by a Python call.
     """
+    name = schema.view_name_of(name)[0]  # a generation is rebuilt under its view's name
     try:
         flags = filter_flags(name, params)
     except UsageError:
