@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from bench.common import machine  # noqa: E402
 
 # Fields of the root, run and view attributes that say when or how long: they differ between any two builds.
-VOLATILE = {"id", "created", "updated", "started", "finished", "resumed", "seconds", "startup_seconds"}
+VOLATILE = {"id", "created", "updated", "started", "finished", "resumed", "seconds", "startup_seconds", "lake_id",
+            "current_since"}
 VIEWS = ("baseline", None)  # None: the default monthly view, whatever its name
 
 BUILD = r"""

@@ -242,10 +242,19 @@ class WriterLock:
 
         Raises:
             LakeBusyError: another writer holds it (without ``wait``).
+            StoreUnreachableError: the object store cannot be used (bucket, credentials, endpoint).
         """
         announced = False
         while True:
-            holder = self._acquire_once()
+            try:
+                holder = self._acquire_once()
+            except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors have no common base
+                from flair_lake.lake import explain_store_error
+
+                err = explain_store_error(self.lake, exc) if storage.is_url(self.lake) else None
+                if err is None:
+                    raise
+                raise err from None
             if holder is None:
                 break
             if not wait:
