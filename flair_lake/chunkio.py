@@ -71,7 +71,7 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
     stop = int(arr.shape[0]) if stop is None else min(stop, int(arr.shape[0]))
     c = int(arr.chunks[0])
     first = max(start, 0) // c * c
-    ok, comp = zc.plain_codecs(zc.array_codecs(arr)) if arr.shards is None else (False, None)
+    ok, comp, crc = zc.plain_codecs(zc.array_codecs(arr)) if arr.shards is None else (False, None, False)
     if not (ok and zc.internals_supported() and _local_rows_layout(arr, arr.chunks)):
         for row in range(first, stop, c):
             yield row, arr[row:row + c]
@@ -88,17 +88,24 @@ def iter_blocks(arr: zarr.Array, start: int = 0, stop: int | None = None):
             buf[...] = arr.fill_value
             yield row, buf[:n]
             continue
-        size = _decoded_size(comp, data)  # decoding into ``out`` would not notice a short chunk
+        if crc:  # the chunk's last 4 bytes: the CRC32C of the rest
+            data = memoryview(data)
+            if len(data) < 4 or zc.crc32c_bytes(data[:-4]) != data[-4:]:
+                raise LakeStateError(f"{path}: chunk checksum mismatch; the lake is damaged: `flair-lake validate "
+                                     "--deep` names what to rebuild")
+            data = data[:-4]
+        decoder = comp
+        size = _decoded_size(decoder, data)  # decoding into ``out`` would not notice a short chunk
         if size == -1:  # a frame that does not say: decode it apart
-            data, comp = comp.decode(data), None
+            data, decoder = decoder.decode(data), None
             size = len(data)
         if size != raw.nbytes:
             raise LakeStateError(f"{path}: chunk file does not hold the {raw.nbytes} bytes of a chunk; the lake is "
                                  "damaged: `flair-lake validate` names what to rebuild")
-        if comp is None:
+        if decoder is None:
             raw[:] = np.frombuffer(data, np.uint8)
         else:
-            comp.decode(data, out=raw)
+            decoder.decode(data, out=raw)
         yield row, buf[:n]
 
 
@@ -154,12 +161,12 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
     if layout is None or data.shape != (rows, *arr.shape[1:]) or data.dtype != arr.dtype:
         arr[shard * s:shard * s + data.shape[0]] = data
         return
-    comp, c = layout
+    comp, c, crc = layout
     data = np.ascontiguousarray(data)
     n_inner = s // c
     chunk_bytes = c * data[0].nbytes
     index = zc.empty_shard_index(n_inner)
-    buf = _buffer(n_inner * _max_encoded(chunk_bytes) + index.nbytes + 4 + _ALIGN)
+    buf = _buffer(n_inner * (_max_encoded(chunk_bytes) + 4) + index.nbytes + 4 + _ALIGN)
     view = memoryview(buf)
     path = zc.chunk_path(arr, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +181,12 @@ def write_shard(arr: zarr.Array, shard: int, data: np.ndarray, *, direct: bool =
             raw = chunk.reshape(-1).view(np.uint8)
             enc = memoryview(comp.encode(raw)) if comp is not None else memoryview(raw)
             view[off:off + enc.nbytes] = enc
-            index[k] = off, enc.nbytes
-            off += enc.nbytes
+            size = enc.nbytes
+            if crc:  # zarr's crc32c codec: the CRC32C of the encoded chunk, after it
+                view[off + size:off + size + 4] = zc.crc32c_bytes(enc)
+                size += 4
+            index[k] = off, size
+            off += size
             out.written(off)
         tail = zc.shard_index_bytes(index)
         view[off:off + len(tail)] = tail

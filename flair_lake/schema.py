@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every chunk ends with its CRC32C (docs/lake-format.md, "Checksums")
+READABLE_SCHEMAS = (1, 2)  # 1: the same layout without chunk checksums; read as it is
 
 # --- the raw data's physical facts ------------------------------------------------------------------------------
 PATCH_FOOTPRINT_M = 102.4  # aerial patch side, metres (512 px at 0.2 m); kept when a smaller patch size is used

@@ -280,27 +280,39 @@ def _blosc(codec: BloscCodec):
 
 
 def plain_codecs(codecs: tuple):
-    """Return (True, compressor or None) when ``codecs`` are bytes (little-endian) then at most one Blosc or Zstd
-    (as the numcodecs codec that zarr itself calls), else (False, None)."""
+    """Return (True, compressor or None, crc) when ``codecs`` are bytes (little-endian), then at most one Blosc or
+    Zstd (as the numcodecs codec that zarr itself calls), then optionally a CRC32C (``crc`` True); else
+    (False, None, False)."""
+    crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    if crc:
+        codecs = codecs[:-1]
     if not codecs or not isinstance(codecs[0], BytesCodec):
-        return False, None
+        return False, None, False
     if codecs[0].endian is not None and codecs[0].endian.value != "little":
-        return False, None
+        return False, None, False
     if len(codecs) == 1:
-        return True, None
+        return True, None, crc
     if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        return True, _blosc(codecs[1])
+        return True, _blosc(codecs[1]), crc
     if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
         from numcodecs import Zstd
 
-        return True, Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
-    return False, None
+        return True, Zstd(level=codecs[1].level, checksum=codecs[1].checksum), crc
+    return False, None, False
+
+
+def crc32c_bytes(data) -> bytes:
+    """Return the CRC32C of ``data`` as the 4 little-endian bytes zarr's crc32c codec appends to a chunk."""
+    import google_crc32c
+
+    # as a uint8 array: google_crc32c takes those (and bytes) without a copy, not memoryviews
+    return int(google_crc32c.value(np.frombuffer(data, np.uint8))).to_bytes(4, "little")
 
 
 def shard_layout(arr: zarr.Array):
-    """Return (compressor or None, inner rows) when ``arr``'s shards are sharding-codec shards with the index
-    (bytes, crc32c) at the end and inner chunks of bytes[+blosc|zstd] split along the first axis only; else
-    None. Whether the array is local and its rows whole is the caller's check."""
+    """Return (compressor or None, inner rows, crc) when ``arr``'s shards are sharding-codec shards with the index
+    (bytes, crc32c) at the end and inner chunks of bytes[+blosc|zstd][+crc32c] split along the first axis only;
+    else None. Whether the array is local and its rows whole is the caller's check."""
     codecs = array_codecs(arr)
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return None
@@ -309,11 +321,11 @@ def shard_layout(arr: zarr.Array):
     if sharding.index_location.value != "end" or len(index) != 2 or not isinstance(index[1], Crc32cCodec) or \
             not plain_codecs(index[:1])[0]:
         return None
-    ok, comp = plain_codecs(tuple(sharding.codecs))
+    ok, comp, crc = plain_codecs(tuple(sharding.codecs))
     chunk = tuple(arr.chunks)
     if not ok or chunk[1:] != tuple(arr.shards[1:]) or arr.shards[0] % chunk[0]:
         return None  # only shards split into inner chunks along the first axis
-    return comp, chunk[0]
+    return comp, chunk[0], crc
 
 
 def empty_shard_index(n_chunks: int) -> np.ndarray:
@@ -323,10 +335,8 @@ def empty_shard_index(n_chunks: int) -> np.ndarray:
 
 def shard_index_bytes(index: np.ndarray) -> bytes:
     """Return the tail of a shard: its index followed by the index's CRC32C."""
-    import google_crc32c
-
     raw = index.tobytes()
-    return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+    return raw + crc32c_bytes(raw)
 
 
 # --- the loader's batch read ------------------------------------------------------------------------------------

@@ -249,12 +249,20 @@ def test_a_damaged_chunk_is_an_error_not_short_data(tmp_path):
         arr = zarr.create_array(str(tmp_path / codec), shape=(8, *ROW), chunks=(4, *ROW), dtype=dtype,
                                 compressors=storage.compressors(codec, typesize=typesize))
         arr[:] = 5
-        comp = zc.plain_codecs(zc.array_codecs(arr))[1]
-        short = np.zeros(np.prod(ROW) * 2, dtype)  # half a chunk, validly encoded
-        (tmp_path / codec / "c" / "1" / "0" / "0" / "0" / "0").write_bytes(comp.encode(short.view(np.uint8)))
+        ok, comp, crc = zc.plain_codecs(zc.array_codecs(arr))
+        assert ok and crc
+        short = np.zeros(np.prod(ROW) * 2, dtype)  # half a chunk, validly encoded, with its checksum
+        enc = comp.encode(short.view(np.uint8))
+        path = tmp_path / codec / "c" / "1" / "0" / "0" / "0" / "0"
+        path.write_bytes(enc + zc.crc32c_bytes(enc))
         with pytest.raises(LakeStateError, match="does not hold"):
             list(iter_blocks(arr))
         assert isinstance(comp, numcodecs.Blosc if codec == "lz4" else numcodecs.Zstd)
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF  # one flipped bit of payload: the checksum says so
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(LakeStateError, match="checksum mismatch"):
+            list(iter_blocks(arr))
 
 
 def test_the_shard_buffer_bounds_incompressible_chunks():

@@ -7,6 +7,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -91,3 +92,29 @@ def test_a_super_area_array_of_another_layout_is_one_line_each(lake, tmp_path):
                                   "date axis; fix: ")
     assert problems[2].startswith(f"{where} masks has dtype uint16, expected uint8; fix: ")
     assert all("re-ingest" in p for p in problems)
+
+
+@pytest.mark.parametrize("target", ["aerial", "label", "monthly"])
+def test_zeroed_bytes_inside_a_shard_are_found_by_deep(raw_tree, tmp_path, target):
+    """1000 zeroed bytes in the payload of an uncompressed shard decode without error, to wrong values, unless each
+    chunk carries its checksum: --deep names the shard and its patches."""
+    from flair_lake.config import FilterConfig, IngestConfig
+    from pipelines.filter import run_filter
+    from pipelines.ingest import ingest
+
+    path = tmp_path / "lake.zarr"
+    ingest(raw_tree, str(path), IngestConfig(workers=1, patches_per_shard=8, codec="none"), progress=False)
+    run_filter(str(path), FilterConfig(monthly=True, codec="none"), workers=1, progress=False)
+    assert validate(str(path), deep=True).ok
+    array = path / (f"views/{FilterConfig(monthly=True, codec='none').view_name()}/monthly"
+                    if target == "monthly" else target)
+    shard = sorted(p for p in array.joinpath("c").rglob("*") if p.is_file())[1]
+    data = bytearray(shard.read_bytes())
+    payload = np.flatnonzero(np.frombuffer(bytes(data[:len(data) // 2]), np.uint8))  # away from the index at the end
+    start = int(payload[len(payload) // 2])  # a region with values: zeroing it changes the shard
+    data[start:start + 1000] = bytes(1000)
+    shard.write_bytes(bytes(data))
+    report = validate(str(path), deep=True)
+    assert not report.ok
+    line = next(p for p in report.problems if "truncated or corrupt" in p)
+    assert f"{target}: shard 1 " in line and "lost patches" in line and "IMG_" in line, line

@@ -121,7 +121,7 @@ def expected_arrays(p: int, s: int) -> dict[str, schema.ArrayLayout]:
 def check_root(c: Checker) -> bool:
     """Schema version and the root attributes readers rely on. Return False when nothing else can be checked."""
     version = lk.schema_version(c.attrs, c.lake)
-    c.check(version == schema.SCHEMA_VERSION,
+    c.check(version in schema.READABLE_SCHEMAS,
             f"schema version {version} (this flair-lake writes {schema.SCHEMA_VERSION}); fix: re-ingest the raw "
             f"tree into a new lake with `flair-lake ingest RAW NEWLAKE`")
     missing = [k for k in ("patch_size", "patches_per_shard", "domains", "areas", "cameras", "split_names", "runs")
