@@ -139,3 +139,26 @@ def test_a_killed_filter_then_the_same_command_gives_the_uninterrupted_view(filt
     assert res.returncode == 0, res.stderr
     assert view_content(lake) == filtered[1]
     assert run("validate", str(lake)).returncode == 0
+
+
+def test_a_training_run_killed_between_its_checkpoints_resumes_consistently(monthly_lake, tmp_path):
+    """SIGKILL at each checkpoint write of a 3-epoch run, then --resume: best.pt and last.pt agree on the best
+    epoch, best.pt holds that epoch's weights, and log.csv lists each epoch once."""
+    import csv
+
+    import torch
+
+    args = ["train", "--lake", monthly_lake, "--model", "unet", "--epochs", "3", "--batch-size", "4", "--workers", "0",
+            "--max-batches", "1", "--no-eval"]
+    for nth in (1, 2, 3):
+        out = tmp_path / f"run{nth}"
+        res = run(*args, "--out", str(out), kill=("flair_lake.training.loop", "_atomic_save", nth))
+        assert res.returncode == -9, res.stderr
+        res = run(*args, "--out", str(out), "--resume")
+        assert res.returncode == 0, res.stderr
+        with open(out / "log.csv", newline="") as fh:
+            assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+        best = torch.load(out / "best.pt", weights_only=False)
+        last = torch.load(out / "last.pt", weights_only=False)
+        assert last["state"]["epoch"] == 3
+        assert best["state"]["best_epoch"] == last["state"]["best_epoch"] == best["state"]["epoch"] - 1

@@ -275,7 +275,7 @@ def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
         log.info("resumed %s at epoch %d", out / "last.pt", state["epoch"])
         if dist.main:
             _truncate_log(out / "log.csv", state["epoch"])
-    elif dist.main and (out / "log.csv").exists() and not cfg.resume:
+    elif dist.main and (out / "log.csv").exists():  # a fresh start (also --resume before any last.pt)
         (out / "log.csv").unlink()
     return state
 
