@@ -108,23 +108,40 @@ class _LocalBackend:
         return data, f"{st.st_ino}-{st.st_mtime_ns}"
 
     def take_over(self, version: str) -> bool:
-        """Remove the stale lock whose version is ``version``; True when this process removed it."""
+        """Remove the stale lock whose version is ``version``; True when this process removed it.
+
+        The file is first moved aside (only one taker can move a given file), then checked: a lock that is not
+        the stale one (a taker was quicker and a live writer holds it now) is put back.
+        """
         current = self.read()
         if current is None or current[1] != version:
             return False
         aside = f"{self.path}.stale-{uuid.uuid4().hex}"
         try:
-            os.rename(self.path, aside)  # only one taker can move this very file
+            os.rename(self.path, aside)
         except FileNotFoundError:
+            return False
+        with open(aside, "rb") as fh:
+            moved = fh.read()
+        if moved != current[0]:  # someone else's fresh lock: give it back (unless a third one was created)
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            os.unlink(aside)
             return False
         os.unlink(aside)
         return True
 
-    def renew(self, doc: bytes) -> None:
+    def renew(self, doc: bytes, token: str) -> bool:
+        """Rewrite the lock with a later lease; False when it is no longer this holder's (taken over)."""
+        current = self.read()
+        holder = Holder.parse(current[0]) if current else None
+        if holder is None or holder.token != token:
+            return False
         tmp = f"{self.path}.renew-{os.getpid()}"
         with open(tmp, "wb") as fh:
             fh.write(doc)
         os.replace(tmp, self.path)
+        return True
 
     def release(self, token: str) -> None:
         current = self.read()
@@ -184,9 +201,9 @@ class _ObjectStoreBackend:
     def put_over(self, doc: bytes, version: str) -> bool:
         return self._put(doc, IfMatch=f'"{version}"')
 
-    def renew(self, doc: bytes) -> None:
-        if self.etag is not None and not self._put(doc, IfMatch=f'"{self.etag}"'):
-            log.error("the lock %s was taken by another writer while this one held it", self.path)
+    def renew(self, doc: bytes, token: str) -> bool:
+        """Rewrite the lock with a later lease, only if it is still the version this holder wrote."""
+        return self.etag is not None and self._put(doc, IfMatch=f'"{self.etag}"')
 
     def release(self, token: str) -> None:
         current = self.read()
@@ -271,7 +288,10 @@ class WriterLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
-                self.backend.renew(self._doc())
+                if not self.backend.renew(self._doc(), self.token):
+                    log.error("the lock of %s was taken over by another writer while this one held it (a pause "
+                              "longer than its lease?); stop this command and check the lake", self.lake)
+                    return
             except Exception:  # noqa: BLE001 - a failed renewal is retried at the next beat
                 log.debug("renewing the lock of %s failed", self.lake, exc_info=True)
 

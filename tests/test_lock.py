@@ -115,3 +115,18 @@ def test_leases(tmp_path):
     Path(lock_path(lake)).write_text('{"command": "ing')  # half written: taken over
     with writer(lake, "ingest"):
         pass
+
+
+def test_a_holder_renews_its_lease_and_never_renews_a_lock_taken_from_it(tmp_path):
+    lake = str(tmp_path / "lake.zarr")
+    lock = WriterLock(lake, "ingest", lease=0.3)
+    lock.acquire()
+    first = json.loads(Path(lock_path(lake)).read_text())["expires"]
+    time.sleep(0.5)
+    doc = json.loads(Path(lock_path(lake)).read_text())
+    assert doc["token"] == lock.token and doc["expires"] > first  # renewed: never taken over while it runs
+    Path(lock_path(lake)).write_text(json.dumps({**doc, "token": "another", "expires": time.time() + 60}))
+    time.sleep(0.3)
+    assert json.loads(Path(lock_path(lake)).read_text())["token"] == "another"  # not overwritten
+    lock.release()
+    assert json.loads(Path(lock_path(lake)).read_text())["token"] == "another"  # nor removed
