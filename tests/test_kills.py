@@ -162,3 +162,32 @@ def test_a_training_run_killed_between_its_checkpoints_resumes_consistently(mont
         last = torch.load(out / "last.pt", weights_only=False)
         assert last["state"]["epoch"] == 3
         assert best["state"]["best_epoch"] == last["state"]["best_epoch"] == best["state"]["epoch"] - 1
+
+
+@pytest.mark.parametrize("kill", [
+    ("flair_lake.zarr_compat", "create_arrays", 1),  # the new generation's group is created, its arrays not
+    ("pipelines.filter", "build_report", 1),  # the new generation is filtered, not yet complete
+    ("pipelines.filter", "switch", 1),  # complete, not yet current
+], ids=lambda k: f"{k[1]}#{k[2]}")
+def test_a_killed_overwrite_then_the_same_command_gives_the_uninterrupted_one(filtered, tmp_path, kill):
+    import shutil
+
+    args = ["filter", "--monthly", "--cloud", "0.3", "--name", VIEW, "--overwrite", "--workers", "1"]
+    reference, lake = tmp_path / "ref.zarr", tmp_path / "lake.zarr"
+    for path in (reference, lake):
+        shutil.copytree(filtered[0], path)
+        assert run("filter", str(path), "--monthly", "--workers", "1").returncode == 0
+    assert run(args[0], str(reference), *args[1:]).returncode == 0
+    res = run(args[0], str(lake), *args[1:], kill=kill)
+    assert res.returncode == -9, res.stderr
+    root = zarr.open_group(str(lake), mode="r")
+    assert root["views"].attrs["current"][VIEW] == VIEW  # readers still get the first generation
+    res = run(args[0], str(lake), *args[1:])
+    assert res.returncode == 0, res.stderr
+    current = {str(p): zarr.open_group(str(p), mode="r")["views"].attrs["current"][VIEW] for p in (lake, reference)}
+    assert current[str(lake)] == current[str(reference)] == f"{VIEW}~2"
+    for name in ("keep", "n_dates", "monthly", "month_count"):
+        a = zarr.open_group(str(lake), mode="r")[f"views/{VIEW}~2/{name}"][:]
+        b = zarr.open_group(str(reference), mode="r")[f"views/{VIEW}~2/{name}"][:]
+        np.testing.assert_array_equal(a, b)
+    assert run("validate", str(lake)).returncode == 0

@@ -1,7 +1,7 @@
 """Icechunk against the lake's own reads, in the same run: should the lake live in an Icechunk repository?
 
     pip install icechunk   # not a dependency of flair-lake
-    python bench/icechunk.py [--raw DIR] [--batches 40]
+    python bench/icechunk_reads.py [--raw DIR] [--batches 40]
 
 Icechunk gives a Zarr store transactions and snapshot isolation, which the lake gets from its own writer lock,
 ordered writes and view generations (docs/lake-format.md). This measures what moving the lake into an Icechunk
@@ -89,9 +89,9 @@ def main() -> None:
     ap.add_argument("--raw", default=str(Path(tempfile.gettempdir()) / "flair-lake-bench-raw"))
     ap.add_argument("--batches", type=int, default=40)
     args = ap.parse_args()
-    try:
-        import icechunk
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("icechunk") is None:
         sys.exit("icechunk is not installed (`pip install icechunk`); it is not a dependency of flair-lake")
     import zarr
 
@@ -102,7 +102,9 @@ def main() -> None:
     from pipelines.ingest import ingest
 
     raw = bench_tree(args.raw)
-    print(f"machine: {machine()}; icechunk {icechunk.__version__}, zarr {zarr.__version__}")
+    from importlib.metadata import version
+
+    print(f"machine: {machine()}; icechunk {version('icechunk')}, zarr {zarr.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         lake = str(Path(tmp) / "lake.zarr")
         ingest(raw, lake, IngestConfig(), progress=False)
