@@ -86,7 +86,8 @@ def ingest(raw, lake, scheduler, workers, codec, sentinel_codec, patches_per_sha
               help="Compression of the monthly cube: lz4 decodes fastest for the loader, zstd is ~3 % smaller.")
 @click.option("--name", callback=lambda _ctx, _param, v: v and schema.check_view_name(v),
               help="View name: letters, digits, '.', '_', '-' (default: derived from the parameters).")
-@click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters.")
+@click.option("--overwrite", is_flag=True, help="Replace a view of the same name built with other parameters: the "
+              "new one is built aside and becomes current when complete; readers of the old one keep it.")
 @scheduler_option
 @workers_option
 @storage_option
