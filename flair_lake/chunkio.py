@@ -7,7 +7,8 @@ of them is copied more than once into freshly allocated buffers (inner chunks cu
 the shard copied again for O_DIRECT); on the 2-core development machine a first touch of fresh memory runs at
 ~0.34 GB/s against ~8 GB/s for memory already mapped, so that bookkeeping cost as much as the codecs.
 
-- :func:`write_shard` encodes each inner chunk with the array's own codec (the numcodecs codec zarr calls) into
+- :func:`write_shard` encodes each inner chunk with the array's own codec (the numcodecs codec zarr calls), and its
+  CRC32C when the chain ends with one, into
   one page-aligned buffer kept by the thread, appends the shard index and its CRC32C exactly as the sharding
   codec lays them out (``index_location='end'``), and writes the file once (O_DIRECT where the filesystem takes
   it), its front by a writer thread while the rest still encodes: 31 ms for a cube shard that zarrs writes in
@@ -15,7 +16,8 @@ the shard copied again for O_DIRECT); on the 2-core development machine a first 
 - :func:`iter_blocks` decodes each chunk file straight into one buffer reused for the whole series (the
   filter's composite phase takes a fifth less time than through zarrs).
 
-Both take only the layouts they know: bytes and at most one Blosc or Zstd, unsharded (reading) or sharded with a
+Both take only the layouts they know: bytes, at most one Blosc or Zstd, and optionally a CRC32C (checked when
+reading: a mismatch is an error naming the chunk), unsharded (reading) or sharded with a
 (bytes, crc32c) index at the end (writing); chunks split along the first axis only; a local store; a
 little-endian machine. Anything else goes through zarr, so this is an optimisation, never a format of its own:
 zarr reads every file written here, a shard written here is byte for byte the one zarr-python writes under the
@@ -141,7 +143,8 @@ def _max_encoded(nbytes: int) -> int:
 
 
 def _layout(arr: zarr.Array):
-    """Return (compressor or None, inner rows) when :func:`write_shard` can write ``arr``'s shards, else None."""
+    """Return (compressor or None, inner rows, crc) when :func:`write_shard` can write ``arr``'s shards (``crc``:
+    each inner chunk ends with its CRC32C), else None."""
     layout = zc.shard_layout(arr) if zc.internals_supported() else None
     if layout is None or not _local_rows_layout(arr, arr.shards) or zc.is_read_only(arr):
         return None

@@ -308,7 +308,8 @@ def current_views(vg: zarr.Group | None) -> dict[str, str]:
 def provenance(root: zarr.Group, view: str | None) -> dict:
     """Return what a training run read: the lake's id, its ingest runs and the view generation (group)."""
     runs = [r["id"] for r in root.attrs.get("runs", []) if r.get("command") == "ingest"]
-    return {"lake_id": root.attrs.get("lake_id"), "ingest_runs": runs, "view": view}
+    return {"lake_id": root.attrs.get("lake_id"), "ingest_runs": runs,
+            "view": schema.view_generation_id(view) if view else None}
 
 
 def provenance_changes(trained: dict | None, now: dict) -> list[str]:
@@ -366,6 +367,8 @@ def resolve_view(root: zarr.Group, lake: str, view: str | None, *, complete: boo
         if monthly and view is not None and not vg[view].attrs.get("params", {}).get("monthly"):
             cubes = [g for g in current.values() if vg[g].attrs.get("params", {}).get("monthly")]
             view = max(cubes, key=updated, default=view)
+    elif schema.GENERATION_SEP in view and schema.view_generation(*schema.view_name_of(view)) in groups:
+        view = schema.view_generation(*schema.view_name_of(view))  # an exact generation, as checkpoints record it
     elif view in current:
         view = current[view]
     elif view not in groups:
@@ -384,7 +387,8 @@ def _check_covers(root: zarr.Group, lake: str, view: str, group: zarr.Group) -> 
     Raises:
         LakeStateError: the view is stale, with the filter command that extends it.
     """
-    covered, rows = int(group["keep"].shape[0]), n_rows(root)
+    # the rows its last complete run covered (an extension resizes the arrays first, fills them, then records it)
+    covered, rows = int(group.attrs.get("rows", group["keep"].shape[0])), n_rows(root)
     if covered >= rows:
         return
     from flair_lake.validate.report import filter_command

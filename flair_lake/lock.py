@@ -14,11 +14,13 @@ pid, since) and a lease (``expires``) that a background thread renews while the 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flair_lake import config, storage
-from flair_lake.errors import LakeBusyError
+from flair_lake.errors import FlairLakeError, LakeBusyError
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,15 @@ class Holder:
         return f"{self.command} (host {self.host}, pid {self.pid}, since {self.since})"
 
     def dead(self) -> bool:
-        """Return True when the holder is surely gone: a process of this host that no longer exists, or a lease
-        that has expired (a holder renews it every third of its length while it runs)."""
-        if time.time() > self.expires:
-            return True
+        """Return True when the holder is surely gone: a process of this host that no longer exists (or a zombie);
+        for a holder on another host, a lease that has expired (a holder renews it every third of its length).
+
+        A live process of this host is never taken for dead, whatever its lease says (a holder paused with
+        Ctrl-Z keeps its lock). Hosts are told apart by name: containers sharing a host name but not their
+        process ids would see each other's holders as gone.
+        """
         if self.host != socket.gethostname():
-            return False
+            return time.time() > self.expires
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -88,14 +93,19 @@ class _LocalBackend:
         self.path = path
 
     def create(self, doc: bytes) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
+        """Create the lock with ``doc`` if there is none: written aside, then linked under its name, so that no
+        reader ever sees it empty or half written; False when a lock exists."""
+        tmp = f"{self.path}.new-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
             fh.write(doc)
             fh.flush()
             os.fsync(fh.fileno())
+        try:
+            os.link(tmp, self.path)  # fails when the name exists: the exclusive create
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
         return True
 
     def read(self) -> tuple[bytes, str] | None:
@@ -107,11 +117,11 @@ class _LocalBackend:
             return None
         return data, f"{st.st_ino}-{st.st_mtime_ns}"
 
-    def take_over(self, version: str) -> bool:
-        """Remove the stale lock whose version is ``version``; True when this process removed it.
+    def take_over(self, version: str, doc: bytes) -> bool:
+        """Replace the dead lock whose version is ``version`` by ``doc``; True when this process holds it now.
 
         The file is first moved aside (only one taker can move a given file), then checked: a lock that is not
-        the stale one (a taker was quicker and a live writer holds it now) is put back.
+        the dead one (a taker was quicker and a live writer holds it now) is put back.
         """
         current = self.read()
         if current is None or current[1] != version:
@@ -129,12 +139,14 @@ class _LocalBackend:
             os.unlink(aside)
             return False
         os.unlink(aside)
-        return True
+        return self.create(doc)
 
     def renew(self, doc: bytes, token: str) -> bool:
         """Rewrite the lock with a later lease; False when it is no longer this holder's (taken over)."""
         current = self.read()
-        holder = Holder.parse(current[0]) if current else None
+        if current is None:  # gone a moment (a taker checking it): try again at the next beat
+            raise FileNotFoundError(self.path)
+        holder = Holder.parse(current[0])
         if holder is None or holder.token != token:
             return False
         tmp = f"{self.path}.renew-{os.getpid()}"
@@ -150,6 +162,17 @@ class _LocalBackend:
                 os.unlink(self.path)
 
 
+def _condition_refused(exc: OSError) -> bool:
+    """Return True when an S3 error (as s3fs translates it) says a conditional write's condition did not hold:
+    412 Precondition Failed (s3fs: FileExistsError for If-None-Match, OSError 22 for If-Match) or 409
+    ConditionalRequestConflict (a concurrent conditional write)."""
+    cause = exc.__cause__ or exc.__context__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
+    status = getattr(cause, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return isinstance(exc, FileExistsError) or code in ("PreconditionFailed", "ConditionalRequestConflict") \
+        or status in (409, 412) or "pre-conditions" in str(exc) or "PreconditionFailed" in repr(exc)
+
+
 class _ObjectStoreBackend:
     """The lock as an object, written with S3's conditional puts (If-None-Match, If-Match)."""
 
@@ -161,15 +184,17 @@ class _ObjectStoreBackend:
         self.etag: str | None = None
 
     def _put(self, doc: bytes, **match) -> bool:
-        from botocore.exceptions import ClientError
+        """Put the lock under the condition ``match``; False when the store refused the condition."""
+        from botocore.exceptions import ParamValidationError
 
+        bucket, key, _ = self.fs.split_path(self.path)
         try:
-            bucket, key, _ = self.fs.split_path(self.path)
             out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=doc, **match)
-        except FileExistsError:  # s3fs's name for 412 Precondition Failed: the condition did not hold
-            return False
-        except (ClientError, OSError) as exc:
-            if "PreconditionFailed" in repr(exc) or "ConditionalRequestConflict" in repr(exc):
+        except ParamValidationError as exc:
+            raise FlairLakeError(f"this botocore cannot write conditionally ({exc}), which the lake's writer lock "
+                                 "needs on an object store; upgrade s3fs and botocore") from None
+        except OSError as exc:
+            if _condition_refused(exc):
                 return False
             raise
         self.etag = str(out.get("ETag", "")).strip('"')
@@ -195,10 +220,8 @@ class _ObjectStoreBackend:
         except FileNotFoundError:
             return None
 
-    def take_over(self, version: str) -> bool:
-        return False  # replaced by a conditional put of the new holder (see WriterLock._acquire_once)
-
-    def put_over(self, doc: bytes, version: str) -> bool:
+    def take_over(self, version: str, doc: bytes) -> bool:
+        """Replace the dead lock whose ETag is ``version`` by ``doc``, in one conditional put."""
         return self._put(doc, IfMatch=f'"{version}"')
 
     def renew(self, doc: bytes, token: str) -> bool:
@@ -232,27 +255,27 @@ class WriterLock:
                            "lake": str(self.lake)}).encode()
 
     def _acquire_once(self) -> Holder | None:
-        """Try to take the lock; return None when taken, else its live holder."""
-        for _ in range(5):  # a holder that vanishes between our create and our read: try again
+        """Try to take the lock; return None when this process holds it now, else its live holder.
+
+        Raises:
+            LakeBusyError: the lock kept changing hands while this process looked at it.
+        """
+        for _ in range(50):  # each round: create, or read the holder, or replace a dead one
             if self.backend.create(self._doc()):
                 return None
             current = self.backend.read()
-            if current is None:
+            if current is None:  # its holder released it meanwhile: create again
                 continue
             holder = Holder.parse(current[0])
             if holder is not None and not holder.dead():
                 return holder
-            # a dead holder (or a document its holder died writing): take it over, exclusively
-            if isinstance(self.backend, _ObjectStoreBackend):
-                if self.backend.put_over(self._doc(), current[1]):
-                    log.warning("took over the lock of %s from %s", self.lake,
-                                holder.describe() if holder else "a holder that died writing it")
-                    return None
-            elif self.backend.take_over(current[1]):
+            # a dead holder (or a document its holder died writing, on a store that allows that): replace it
+            if self.backend.take_over(current[1], self._doc()):
                 log.warning("took over the lock of %s from %s", self.lake,
                             holder.describe() if holder else "a holder that died writing it")
-        current = self.backend.read()
-        return Holder.parse(current[0]) if current else None
+                return None
+        raise LakeBusyError(f"the lock of {self.lake} ({lock_path(self.lake)}) kept changing hands; run the command "
+                            "again")
 
     def acquire(self, *, wait: bool = False, poll: float = 1.0) -> None:
         """Take the lock, or wait for it with ``wait``.
@@ -288,12 +311,15 @@ class WriterLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
-                if not self.backend.renew(self._doc(), self.token):
-                    log.error("the lock of %s was taken over by another writer while this one held it (a pause "
-                              "longer than its lease?); stop this command and check the lake", self.lake)
-                    return
-            except Exception:  # noqa: BLE001 - a failed renewal is retried at the next beat
+                renewed = self.backend.renew(self._doc(), self.token)
+            except Exception:  # noqa: BLE001 - a failed renewal (the store away a moment) is retried at the next beat
                 log.debug("renewing the lock of %s failed", self.lake, exc_info=True)
+                continue
+            if not renewed:
+                log.error("the lock of %s was taken over by another writer while this one held it (its lease ran "
+                          "out); stopping", self.lake)
+                _thread.interrupt_main(signal.SIGTERM)  # the command stops as on SIGTERM (a no-op if unhandled)
+                return
 
     def release(self) -> None:
         """Give the lock back (only if this process still holds it)."""

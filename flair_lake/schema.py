@@ -284,6 +284,13 @@ def view_generation(name: str, k: int) -> str:
     return name if k <= 1 else f"{name}{GENERATION_SEP}{k}"
 
 
+def view_generation_id(group: str) -> str:
+    """Return the exact name of a view group's generation, ``name~k`` also for k = 1 (``clear`` -> ``clear~1``):
+    what checkpoints record, which keeps naming that generation after an --overwrite."""
+    name, k = view_name_of(group)
+    return f"{name}{GENERATION_SEP}{k}"
+
+
 def view_name_of(group: str) -> tuple[str, int]:
     """Return (view name, generation) of a view group name: ``clear~3`` -> ("clear", 3), ``clear`` -> ("clear", 1)."""
     name, sep, k = group.partition(GENERATION_SEP)

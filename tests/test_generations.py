@@ -95,9 +95,10 @@ def test_evaluation_says_when_the_data_is_not_what_the_run_trained_on(view_lake,
     run_filter(lake, FilterConfig(monthly=True, max_cover=0.05), name=VIEW, overwrite=True, workers=1)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        evaluate(out / "best.pt", lake, split="val", workers=0, max_batches=1)  # its own generation, still there
-    assert "1 ingest run(s) added since training" in caplog.text
+        res = evaluate(out / "best.pt", lake, split="val", workers=0, max_batches=1)  # its own generation
+    assert res["view"] == VIEW  # the first generation, still there after the overwrite, not the current ~2
+    assert "1 ingest run(s) added since training" in caplog.text and "trained on" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         evaluate(out / "best.pt", lake, split="val", view=VIEW, workers=0, max_batches=1)
-    assert f"view {VIEW}~2 (trained on {VIEW})" in caplog.text
+    assert f"view {VIEW}~2 (trained on {VIEW}~1)" in caplog.text

@@ -138,18 +138,24 @@ def test_one_writer_at_a_time_on_the_object_store(s3):
     with pytest.raises(LakeBusyError, match="is being written by ingest"):
         WriterLock(lake, "filter").acquire()
     first.release()
-    second = WriterLock(lake, "filter", lease=0.2)
-    second.acquire()
-    second._stop.set()  # its lease is no longer renewed: as if it had been killed
-    time.sleep(0.5)
-    third = WriterLock(lake, "validate --repair")
-    third.acquire()  # took over
     import fsspec
 
     fs = fsspec.filesystem("s3")
-    assert json.loads(fs.cat_file(lock_path(lake).split("://")[1]))["token"] == third.token
-    second.release()  # not its lock any more: left alone
-    assert fs.exists(lock_path(lake).split("://")[1])
-    third.release()
+    key = lock_path(lake).split("://")[1]
+    gone = {"command": "filter", "host": "a-lost-machine", "pid": 1, "since": "2026-01-01T00:00:00+00:00",
+            "token": "gone"}
+    fs.pipe_file(key, json.dumps({**gone, "expires": time.time() + 60}).encode())
+    with pytest.raises(LakeBusyError, match="host a-lost-machine"):  # its lease runs: it may still be writing
+        WriterLock(lake, "ingest").acquire()
+    fs.pipe_file(key, json.dumps({**gone, "expires": time.time() - 1}).encode())  # its lease ran out
+    third = WriterLock(lake, "validate --repair")
+    third.acquire()  # took over, by a put conditional on the ETag it read
     fs.invalidate_cache()
-    assert not fs.exists(lock_path(lake).split("://")[1])
+    assert json.loads(fs.cat_file(key))["token"] == third.token
+    assert third.backend.renew(third._doc(), third.token)  # its own lock: renewed
+    fs.pipe_file(key, json.dumps({**gone, "expires": time.time() + 60}).encode())  # taken from it
+    assert not third.backend.renew(third._doc(), third.token)  # the If-Match refusal is recognised
+    third.release()  # not its lock any more: left alone
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file(key))["token"] == "gone"
+    fs.rm(key)

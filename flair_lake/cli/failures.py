@@ -203,8 +203,10 @@ class OneLineFailures:
         except click.ClickException as exc:
             fail(exc)
         except (Exception, KeyboardInterrupt) as exc:
-            if verbose():
-                raise
+            if verbose():  # the traceback, then the same line and exit code as without -v
+                import traceback
+
+                traceback.print_exc()
             fail(exc)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -21,7 +21,7 @@ from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.config import TrainConfig
-from flair_lake.errors import UsageError
+from flair_lake.errors import LakeStateError, UsageError
 from flair_lake.stages.metadata import encode_metadata
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,10 @@ class LakeDataset(torch.utils.data.Dataset):
                 root = zarr.open_group(store=self.lake, mode="r", storage_options=self.storage_options)
                 arrays = {"aerial": root["aerial"], "label": root["label"]}
                 if self.view:
-                    vg = root[f"{schema.VIEWS_GROUP}/{self.view}"]
+                    vg = root.get(f"{schema.VIEWS_GROUP}/{self.view}")
+                    if vg is None:  # collected since this dataset resolved it (config.VIEW_RETAIN_S)
+                        raise LakeStateError(f"view generation {self.view} of {self.lake} was collected after it "
+                                             "was replaced; open the view again (its current generation)")
                     arrays["keep"] = vg["keep"]
                     arrays["n_dates"] = vg["n_dates"]
                     if self.monthly:

@@ -107,7 +107,8 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
                                   None if prob is None else (prob[k] * 255).round().to(torch.uint8).cpu().numpy())
     matrix = cm.numpy()
     result = {"checkpoint": str(ckpt), "split": split, "view": loader.dataset.view,
-              "tag": report_tag(split, loader.dataset.view, ck.get("view")),
+              "tag": report_tag(split, loader.dataset.provenance["view"],
+                                schema.view_generation_id(ck["view"]) if ck.get("view") else None),
               "patches": len(loader.dataset), "labelled": labelled,
               "miou": miou(matrix) if labelled else None, "per_class_iou": iou_table(matrix) if labelled else None,
               "confusion_matrix": matrix.tolist()}
@@ -122,13 +123,13 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
 
 
 def _trained_view(lake: str, ck: dict) -> str | None:
-    """Return the view generation a checkpoint was trained on, or its view's current generation when that one
-    was collected since (the difference is reported)."""
+    """Return the exact view generation a checkpoint was trained on (``name~k``), or its view's current
+    generation when that one was collected since (the difference is reported)."""
     trained = ck.get("view")
     if trained is None:
         return None
     views = lk.open_lake(lake).get(schema.VIEWS_GROUP)
-    if views is not None and trained in views:
+    if views is not None and schema.view_generation(*schema.view_name_of(trained)) in views:
         return trained
     return schema.view_name_of(trained)[0]
 

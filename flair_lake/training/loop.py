@@ -155,7 +155,7 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
     loss_fn = UTTLoss().to(device)
 
     out = Path(cfg.out)
-    state = _start_state(cfg, out, core, opt, dist)
+    state = _start_state(cfg, out, core, opt, dist, ds.provenance)
     if dist.main:
         _announce(cfg, out, device, n_params, ds.view, len(ds), len(val_loader.dataset), dist, ds.provenance)
 
@@ -163,10 +163,9 @@ def fit(cfg: TrainConfig, *, progress: bool | None = None) -> dict:
         _train(cfg, out, model, core, opt, loss_fn, train_loader, val_loader, train_tf, val_tf, state, band_stats,
                device, dist, progress)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between or inside epochs: last.pt is whole
-        done = state["epoch"]
-        if not done:
-            raise Interrupted.of(exc, landed="no epoch had finished", resume="run the same command again") from None
-        raise Interrupted.of(exc, landed=f"{done} epoch(s) had finished, saved in {out / 'last.pt'}",
+        if not (out / "last.pt").exists():
+            raise Interrupted.of(exc, landed="no epoch had been saved", resume="run the same command again") from None
+        raise Interrupted.of(exc, landed=f"the last finished epoch is saved in {out / 'last.pt'}",
                              resume="add --resume to the same command to continue from there") from None
     summary = {"out": str(out), "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
                "best_val_miou": state["best_val_miou"], "epochs_run": state["epoch"], "parameters": n_params}
@@ -251,7 +250,7 @@ def _place_model(cfg: TrainConfig, device: torch.device, dist: Dist):
     return model, core, n_params
 
 
-def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
+def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist, train_provenance: dict) -> dict:
     """Return the training state to start from: fresh, or restored from ``last.pt`` with ``--resume`` (model,
     optimizer, state and random generators). A fresh run drops an earlier run's log.
 
@@ -273,6 +272,9 @@ def _start_state(cfg: TrainConfig, out: Path, core, opt, dist: Dist) -> dict:
         np.random.set_state(ck["numpy_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed %s at epoch %d", out / "last.pt", state["epoch"])
+        changes = lk.provenance_changes(ck.get("trained_on"), train_provenance)
+        if changes and dist.main:
+            log.warning("resuming %s on other data than it started on: %s", out / "last.pt", "; ".join(changes))
         if dist.main:
             _truncate_log(out / "log.csv", state["epoch"])
     elif dist.main and (out / "log.csv").exists():  # a fresh start (also --resume before any last.pt)
@@ -309,7 +311,7 @@ def _save_checkpoints(cfg: TrainConfig, out: Path, core, opt, state: dict, ds, b
     ck = {"model_name": cfg.model, "model_kwargs": {"use_metadata": cfg.metadata,
                                                     "baseline_quirks": cfg.baseline_quirks},
           "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
-          "config": dataclasses.asdict(cfg), "view": ds.view, "band_stats": band_stats,
+          "config": dataclasses.asdict(cfg), "view": ds.provenance["view"], "band_stats": band_stats,
           "patch_size": ds.patch_size, "trained_on": ds.provenance, "torch_rng": torch.get_rng_state(),
           "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
     if improved:  # best.pt first: a kill before last.pt is written redoes the epoch, and writes best.pt again

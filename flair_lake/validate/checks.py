@@ -77,9 +77,13 @@ class Checker:
         return ingest_command(self.lake, run)
 
     def filter_cmd(self, name: str, overwrite: bool = False) -> str:
-        """Return the filter command that rebuilds (resumes, extends) the view ``name``."""
-        vg = self.root[f"{schema.VIEWS_GROUP}/{name}"]
-        return filter_command(self.lake, name, vg.attrs.get("params", {}), overwrite=overwrite)
+        """Return the filter command that rebuilds (resumes, extends) the view group ``name``: a generation that an
+        interrupted ``--overwrite`` was building is resumed by that command, with ``--overwrite``."""
+        views = self.root[schema.VIEWS_GROUP]
+        view, k = schema.view_name_of(name)
+        current = lk.current_views(views).get(view, view)
+        building = k > schema.view_name_of(current)[1]
+        return filter_command(self.lake, name, views[name].attrs.get("params", {}), overwrite=overwrite or building)
 
     def ingest_fix(self, shard: int, deep: bool = False) -> tuple[str, tuple | None]:
         """Return the repair of a damaged image shard, and its action.

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake import zarr_compat as zc
 from flair_lake.errors import LakeStateError
@@ -50,8 +51,9 @@ def _shard_targets(c: Checker, deep: bool) -> list[tuple[str, object, list[int],
     targets = [(name, c.root[name], images, None) for name in ("aerial", "label") if name in c.root]
     vg = c.root.get(schema.VIEWS_GROUP)
     if vg is not None:
+        replaced = lk.replaced_generations(vg)  # kept as they are for their readers until collected
         for vname, g in sorted(vg.groups()):
-            if "monthly" in g:
+            if "monthly" in g and vname not in replaced:
                 prefix = f"{schema.VIEWS_GROUP}/{vname}/done"
                 done = [s for s in c.written_shards(True) if c.marker(s, prefix) is not None]
                 targets.append((f"{schema.VIEWS_GROUP}/{vname}/monthly", g["monthly"], done, vname))
