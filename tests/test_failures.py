@@ -276,6 +276,7 @@ def _signal_when(cmd: list[str], ready, sig: int, timeout: float = 120) -> subpr
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_ingest_says_what_landed_and_resumes(raw_tree, tmp_path, sig):
     lake = tmp_path / "lake.zarr"
@@ -291,6 +292,7 @@ def test_interrupted_ingest_says_what_landed_and_resumes(raw_tree, tmp_path, sig
     assert run["status"] == "complete" and run["seconds"] > 0 and run["raw_bytes"] > 0, run
 
 
+@pytest.mark.slow
 def test_interrupted_filter_says_what_landed_and_resumes(lake, tmp_path):
     path = tmp_path / "lake.zarr"
     shutil.copytree(lake, path)

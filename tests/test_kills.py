@@ -18,6 +18,8 @@ import zarr
 from flair_lake.config import SynthConfig
 from flair_lake.synth import synthesize
 
+pytestmark = pytest.mark.slow  # real processes killed and run again: about 10-60 s each
+
 REPO = Path(__file__).resolve().parents[1]
 TREE = SynthConfig(domains=("D006_2020", "D004_2021"), zones_per_domain=1, patches_per_zone=4, patch_size=32,
                    max_dates=22)

@@ -48,6 +48,7 @@ def patch_ids(lake: Path) -> list[int]:
     return sorted(int(i) for i, s in zip(root["patch_id"][:], root["status"][:]) if s == 1)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_in_one_line_naming_the_holder(trees, tmp_path):
     lake = tmp_path / "lake.zarr"
     first, second = start("ingest", str(trees[0]), str(lake), "--workers", "1"), None
@@ -64,6 +65,7 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(trees, tmp_pat
     assert not Path(lock_path(str(lake))).exists()  # released
 
 
+@pytest.mark.slow
 def test_writers_started_together_with_wait_both_land(trees, tmp_path):
     """Two ingests of different trees and a filter, started together with --wait: every patch lands once,
     every run is recorded, the view covers them all."""
@@ -81,6 +83,7 @@ def test_writers_started_together_with_wait_both_land(trees, tmp_path):
         **os.environ, "PYTHONPATH": str(REPO)}, capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_killed_holder_is_taken_over_and_the_run_resumes(trees, tmp_path):
     lake = tmp_path / "lake.zarr"
     proc = start("ingest", str(trees[0]), str(lake), "--workers", "1")
