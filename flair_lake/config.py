@@ -274,14 +274,25 @@ class FilterConfig:
         except TypeError as exc:
             raise UsageError(f"view parameters {params} have a value of the wrong type ({exc})") from None
 
+    def normalized(self) -> FilterConfig:
+        """Return this config with the monthly cube's options at their defaults when it builds no cube: they change
+        nothing then, so ``filter --codec zstd`` finds the view ``filter`` built (not one "with other parameters")."""
+        if self.monthly:
+            return self
+        return replace(self, reducer=FilterConfig.reducer, mask_pixels=False, skip_empty_months=False,
+                       ref_year=None, codec=FilterConfig.codec)
+
     def view_name(self) -> str:
-        """Return the default name of the view this config produces (stable, readable)."""
+        """Return the default name of the view this config produces (stable, readable): every parameter that
+        changes its data away from the defaults is in it."""
         if self.is_baseline():
             return BASELINE_VIEW
         name = f"cloud{self.max_cover:g}-prob{self.min_prob:g}-{self.combine}"
         if self.monthly:
             name += f"-monthly-{self.reducer}" + ("-masked" if self.mask_pixels else "")
             name += "-skipempty" if self.skip_empty_months else ""
+            name += f"-ref{self.ref_year}" if self.ref_year is not None else ""
+            name += f"-{self.codec}" if self.codec != FilterConfig.codec else ""
         return name
 
     def describe(self) -> str:

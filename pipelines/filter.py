@@ -166,6 +166,7 @@ def run_filter(lake: str, cfg: FilterConfig, *, name: str | None = None, overwri
     from pipelines.cluster import check_scheduler
 
     t0 = time.perf_counter()
+    cfg = cfg.normalized()  # the cube's options mean nothing without a cube
     lk.open_lake(lake, storage_options=storage_options)  # a lake is there: checked before the lock is taken
     check_scheduler(scheduler)
     with writer(lake, "filter", storage_options=storage_options, wait=wait):  # one writer at a time

@@ -18,7 +18,7 @@ from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake import zarr_compat as zc
 from flair_lake.config import FilterConfig
-from flair_lake.errors import LakeStateError
+from flair_lake.errors import LakeStateError, UsageError
 
 COORDS = (schema.STATUS_ARRAY, "zone", "year", "s2_row", "s2_col")  # what a task reads of its rows
 REPORT_COORDS = ("patch_id", "domain")  # read with COORDS for the report
@@ -141,14 +141,15 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
     if t_max == 0:
         raise LakeStateError(f"{lake} holds no Sentinel-2 data (no sentinel/<area>); ingest a tree that has "
                              "its flair_sen_* folders")
+    cfg = cfg.normalized()
     name = schema.check_view_name(name or cfg.view_name())
     params = dataclasses.asdict(cfg)
     view, group = state.view, state.group or name
-    if view is not None and view.params != params and not overwrite:
+    if view is not None and _normalized(view.params) != params and not overwrite:
         raise LakeStateError(f"view {name!r} exists in {lake} with other parameters "
                              f"({view.params}); pass --overwrite or choose another --name")
     if view is not None and overwrite:  # built aside, as a new generation; readers keep the current one
-        if state.pending is not None and state.pending[1].params == params:  # an interrupted --overwrite: resumed
+        if state.pending is not None and _normalized(state.pending[1].params) == params:  # interrupted: resumed
             group, view = state.pending
         else:
             k = max(state.next_generation, schema.view_name_of(group)[1] + 1)
@@ -166,6 +167,15 @@ def plan_filter(state: FilterState, cfg: FilterConfig, lake: str, *, name: str |
     plan.up_to_date = not plan.tasks and not fresh and view.complete
     _plan_run(plan, state)
     return plan
+
+
+def _normalized(params: dict | None) -> dict | None:
+    """Return a view's recorded parameters as this version records them (:meth:`FilterConfig.normalized`): a view
+    built without a cube before its cube options were normalized still matches."""
+    try:
+        return dataclasses.asdict(FilterConfig.from_params(params).normalized())
+    except (UsageError, TypeError, AttributeError):  # recorded by another version: compared as they are
+        return params
 
 
 def _grown(shapes: dict[str, tuple[int, ...]], n: int, t_max: int,

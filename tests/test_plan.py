@@ -286,3 +286,15 @@ def test_the_filter_state_is_read_from_the_lake(tmp_path):
     assert state.area_shapes == {"A": (5, 10, 50, 50)} and state.areas == ["A"]
     plan = plan_filter(state, FilterConfig(), str(tmp_path / "lake.zarr"), name="v")
     assert _tasks(plan) == [0] and plan.t_max == 5 and plan.create
+
+
+def test_cube_options_name_a_cube_and_mean_nothing_without_one():
+    plain = FilterConfig()
+    assert FilterConfig(codec="zstd", reducer="median").normalized() == plain
+    assert FilterConfig(codec="zstd", reducer="median").view_name() == plain.view_name()
+    built = _filter_state(_view(plain, finished={0, 1, 2}, complete=True))
+    plan = plan_filter(built, FilterConfig(codec="zstd"), LAKE)  # the same view: up to date, not "other parameters"
+    assert plan.up_to_date and plan.view == plain.view_name()
+    cube = FilterConfig(monthly=True)
+    assert FilterConfig(monthly=True, codec="zstd").view_name() == f"{cube.view_name()}-zstd"
+    assert FilterConfig(monthly=True, ref_year=2021).view_name() == f"{cube.view_name()}-ref2021"
