@@ -161,6 +161,18 @@ class _LocalBackend:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
+    def sweep(self, older_than: float) -> None:
+        """Delete the side files (``.new-*``, ``.stale-*``, ``.renew-*``) that killed processes left beside the lock,
+        once they are older than ``older_than`` seconds (a live process's are gone within milliseconds)."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        now = time.time()
+        for name in os.listdir(folder or "."):
+            if name.startswith(base + ".") and name.rsplit(".", 1)[-1].split("-")[0] in ("new", "stale", "renew"):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    if now - os.stat(path).st_mtime > older_than:
+                        os.unlink(path)
+
 
 def _condition_refused(exc: OSError) -> bool:
     """Return True when an S3 error (as s3fs translates it) says a conditional write's condition did not hold:
@@ -305,6 +317,8 @@ class WriterLock:
                 log.warning("waiting for %s, which %s holds", self.lake, holder.describe())
                 announced = True
             time.sleep(poll)
+        if isinstance(self.backend, _LocalBackend):
+            self.backend.sweep(older_than=self.lease)
         self._thread = threading.Thread(target=self._renew, name="flair-lake lock lease", daemon=True)
         self._thread.start()
 

@@ -133,3 +133,15 @@ def test_a_holder_renews_its_lease_and_never_renews_a_lock_taken_from_it(tmp_pat
     assert json.loads(Path(lock_path(lake)).read_text())["token"] == "another"  # not overwritten
     lock.release()
     assert json.loads(Path(lock_path(lake)).read_text())["token"] == "another"  # nor removed
+
+
+def test_side_files_of_killed_processes_are_swept(tmp_path):
+    lake = str(tmp_path / "lake.zarr")
+    left = [Path(lock_path(lake) + suffix) for suffix in (".new-1a2b", ".stale-3c4d", ".renew-99")]
+    for path in left:
+        path.write_text("{}")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    fresh = Path(lock_path(lake) + ".new-fresh")
+    fresh.write_text("{}")  # another process's, being linked right now: kept
+    with writer(lake, "ingest"):
+        assert not any(p.exists() for p in left) and fresh.exists()
