@@ -2,7 +2,7 @@
 
 A command that fails prints one line on stderr, ``error: <what and where>; <the fix>``, and exits with a
 documented code (:data:`flair_lake.errors.EXIT_CODES`); ``-v`` (on the group or on any command) shows the
-traceback instead. What is turned into a line:
+traceback before it. What is turned into a line:
 
 - :class:`~flair_lake.errors.FlairLakeError`: its own message and exit code;
 - click's usage errors (an option out of range, an unknown option): the message and ``-h``, exit 2;
