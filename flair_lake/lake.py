@@ -16,9 +16,11 @@ no marker.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +160,22 @@ def lake_exists(lake: str, *, storage_options: dict | None = None) -> bool:
         if err is not None:
             raise err from None
         return False
+
+
+def sweep_leftovers(lake: str) -> int:
+    """Delete the side files of writes killed before their rename (``*.partial``, from zarr's local store and the
+    direct shard writer) in a local lake; return how many. Only a holder of the writer lock calls it: no write
+    of another flair-lake writer can be in flight then. Object stores write whole objects and leave none."""
+    if storage.is_url(lake) or not Path(lake).is_dir():
+        return 0
+    gone = 0
+    for folder, _dirs, files in os.walk(lake):
+        for name in files:
+            if name.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    gone += 1
+    return gone
 
 
 def check_writable(lake: str) -> None:

@@ -181,6 +181,7 @@ def _filter_view(root, lake: str, cfg: FilterConfig, name: str | None, overwrite
     from pipelines.cluster import forget_listings
 
     name = name or cfg.view_name()
+    lk.sweep_leftovers(lake)  # side files of a killed run's writes
     collect_generations(root)
     state = FilterState.read(root, name)
     plan = plan_filter(state, cfg, lake, name=name, overwrite=overwrite, storage_options=storage_options,

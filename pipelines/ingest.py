@@ -161,6 +161,7 @@ def _ingest_tree(raw, lake: str, tree: RawTree, cfg: IngestConfig, metadata_path
     from pipelines.cluster import forget_listings
 
     root = _open_or_create(raw, lake, tree, cfg, storage_options)
+    lk.sweep_leftovers(lake)  # side files of a killed run's writes: the same command ends with a clean lake
     # the tree's explicit options are recorded: a resume from another tree, and validate's fix, reuse them
     options = {k: str(Path(v).resolve()) for k, v in (("metadata", metadata_path), ("centroids", centroids_path)) if v}
     plan = plan_ingest(LakeState.read(root), tree, raw, lake, cfg, options=options, storage_options=storage_options)

@@ -270,6 +270,22 @@ def test_validate_names_and_repair_deletes_files_left_by_interrupted_writes(view
     assert CliRunner().invoke(main, ["validate", path]).exit_code == 0
 
 
+def test_the_next_writer_deletes_files_left_by_interrupted_writes(viewed, tmp_path):
+    """A writer holds the lake's lock, so no other write is in flight: the next filter (or ingest) deletes the
+    side files a killed run left, and the same command ends with a lake that validates."""
+    path = _copy(viewed, tmp_path)
+    before = _files(path)
+    left = [os.path.join(os.path.dirname(_shard_file(path)), ".0.4242-7.partial"),
+            os.path.join(path, "zarr.0123abcd.partial")]
+    for f in left:
+        with open(f, "wb") as fh:
+            fh.write(b"half a shard")
+    res = CliRunner().invoke(main, ["filter", path, "--monthly", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert not any(os.path.exists(f) for f in left) and set(_files(path)) == set(before)
+    assert CliRunner().invoke(main, ["validate", path]).exit_code == 0
+
+
 def test_validate_errors(tmp_path):
     res = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.zarr")])
     assert res.exit_code == 1 and "no lake at" in res.output

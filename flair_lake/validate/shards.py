@@ -136,5 +136,5 @@ def check_leftovers(c: Checker) -> None:
     room. From the same listing."""
     left = sorted(k for k in c.meta.keys if k.rsplit("/", 1)[-1].endswith(".partial"))
     c.check(not left, f"{len(left)} file(s) left by interrupted writes (e.g. {', '.join(left[:3])}); nothing reads "
-            "them; fix: `flair-lake validate --repair` deletes them (while no ingest or filter runs on the lake)",
+            "them; fix: `flair-lake validate --repair` deletes them (so does the next ingest or filter)",
             ("leftovers", tuple(left)))
