@@ -281,7 +281,11 @@ def _signal_when(cmd: list[str], ready, sig: int, timeout: float = 120) -> subpr
 def test_interrupted_ingest_says_what_landed_and_resumes(raw_tree, tmp_path, sig):
     lake = tmp_path / "lake.zarr"
     cmd = ["ingest", str(raw_tree), str(lake), "--workers", "2", "--patches-per-shard", "1"]
-    res = _signal_when(cmd, lambda: any((lake / "done").glob("s*")), sig)
+    for _ in range(3):  # a run that ends before the signal lands (a fast machine) is tried again, afresh
+        shutil.rmtree(lake, ignore_errors=True)
+        res = _signal_when(cmd, lambda: any((lake / "done").glob("s*")), sig)
+        if res.returncode != 0:
+            break
     line = assert_one_line(res, 128 + sig, "shard(s)", "landed in", "run the same command again")
     assert ("Ctrl-C" in line) == (sig == signal.SIGINT)
     again = cli(*cmd)
@@ -295,9 +299,13 @@ def test_interrupted_ingest_says_what_landed_and_resumes(raw_tree, tmp_path, sig
 @pytest.mark.slow
 def test_interrupted_filter_says_what_landed_and_resumes(lake, tmp_path):
     path = tmp_path / "lake.zarr"
-    shutil.copytree(lake, path)
     cmd = ["filter", str(path), "--monthly", "--workers", "2"]
-    res = _signal_when(cmd, lambda: any((path / "views" / VIEW / "done").glob("s*")), signal.SIGINT)
+    for _ in range(3):  # a run that ends before the signal lands (a fast machine) is tried again, afresh
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(lake, path)
+        res = _signal_when(cmd, lambda: any((path / "views" / VIEW / "done").glob("s*")), signal.SIGINT)
+        if res.returncode != 0:
+            break
     assert_one_line(res, 130, "of view", "landed in", "run the same command again")
     again = cli(*cmd)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
