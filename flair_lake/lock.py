@@ -155,11 +155,9 @@ class _LocalBackend:
         os.replace(tmp, self.path)
         return True
 
-    def release(self, token: str) -> None:
-        current = self.read()
-        if current is not None and (h := Holder.parse(current[0])) is not None and h.token == token:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def sweep(self, older_than: float) -> None:
         """Delete the side files (``.new-*``, ``.stale-*``, ``.renew-*``) that killed processes left beside the lock,
@@ -240,12 +238,10 @@ class _ObjectStoreBackend:
         """Rewrite the lock with a later lease, only if it is still the version this holder wrote."""
         return self.etag is not None and self._put(doc, IfMatch=f'"{self.etag}"')
 
-    def release(self, token: str) -> None:
-        current = self.read()
-        if current is not None and (h := Holder.parse(current[0])) is not None and h.token == token:
-            bucket, key, _ = self.fs.split_path(self.path)
-            self.fs.call_s3("delete_object", Bucket=bucket, Key=key)
-            self.fs.invalidate_cache(self.path)
+    def delete(self) -> None:
+        bucket, key, _ = self.fs.split_path(self.path)
+        self.fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        self.fs.invalidate_cache(self.path)
 
 
 class WriterLock:
@@ -340,7 +336,10 @@ class WriterLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.backend.release(self.token)
+        current = self.backend.read()
+        holder = Holder.parse(current[0]) if current is not None else None
+        if holder is not None and holder.token == self.token:
+            self.backend.delete()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import threading
 import time
 
 from flair_lake import config
+from flair_lake.cli.failures import DASK_LOGGERS, quiet_loggers
 from flair_lake.errors import UnreachableError
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,11 @@ def _current_client(scheduler: str):
     return None
 
 
-# the loggers distributed's own config sets a level on (so setting their parent's is not enough)
-QUIET_LOGGERS = ("distributed", "distributed.client", "distributed.scheduler", "distributed.nanny",
-                 "distributed.core", "distributed.http.proxy", "distributed.worker", "tornado", "tornado.application")
-
-
 def _quiet_teardown() -> None:
     """Silence what Dask, tornado and asyncio log while a failed or interrupted run closes its cluster (futures it
     cannot gather, callbacks cancelled mid-flight): the command's one line says what happened; -v keeps them."""
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        return
-    for name in (*QUIET_LOGGERS, "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        quiet_loggers((*DASK_LOGGERS, "asyncio"))
 
 
 @contextlib.contextmanager
@@ -133,8 +127,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     # a task's failure reaches the coordinator, which says it in one line; the workers' own log of it (a
     # traceback per task and retry) only with -v
     quiet = logging.ERROR if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(quiet)
+    quiet_loggers(DASK_LOGGERS, quiet)
     if scheduler:
         current = _current_client(scheduler)
         if current is not None:  # a notebook or a benchmark already holds a client of that scheduler: reuse it

@@ -49,6 +49,18 @@ _ERRNO_TEXT = ((re.compile(r"os error (\d+)"), None),
                (re.compile(r"permission denied", re.I), errno.EACCES))
 
 
+# the loggers of Dask and tornado that distributed's own config sets a level on (so setting their parent's is not
+# enough): what they print while a failed or interrupted run winds down, the one error line already says
+DASK_LOGGERS = ("distributed", "distributed.client", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                "distributed.http.proxy", "distributed.worker", "tornado", "tornado.application")
+
+
+def quiet_loggers(names, level: int = logging.CRITICAL + 1) -> None:
+    """Set the level of each logger of ``names`` (silent by default)."""
+    for name in names:
+        logging.getLogger(name).setLevel(level)
+
+
 def _quiet_at_exit() -> None:
     """Silence the interpreter's reports of exceptions it cannot raise, for the rest of the exit.
 
@@ -165,8 +177,7 @@ def fail(exc: BaseException) -> None:
     where = str(params.get("lake") or params.get("out") or params.get("raw") or "")
     line, code = describe(exc, where)
     click.echo(f"error: {line}", err=True)
-    for name in ("distributed", "distributed.client", "tornado", "tornado.application", "asyncio"):  # at exit
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    quiet_loggers((*DASK_LOGGERS, "asyncio"))  # what libraries log while the process winds down
     atexit.register(_quiet_at_exit)
     sys.exit(code)
 
