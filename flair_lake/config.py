@@ -375,3 +375,49 @@ class EvaluateConfig:
     examples: int = 4  # patches of lowest pixel accuracy drawn in examples_<split>.png; 0: none
     probabilities: bool = False  # also write PROB_<id>.tif beside the predictions
     tta: bool = False  # test-time augmentation: the mean of 4 flips
+
+
+# --- maps -------------------------------------------------------------------------------------------------------
+BLENDS = ("cosine", "linear", "none")  # how overlapping windows are combined (flair_lake/maps/grid.py)
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """Parameters of ``flair-lake map`` (docs/maps.md)."""
+
+    tile: int | None = None  # window side, px; None: the checkpoint's patch size (what the model was trained on)
+    overlap: int | None = None  # px shared by neighbouring windows; None: a quarter of the tile
+    blend: str = "cosine"  # cosine or linear weight ramps over the overlaps; none: crop (nearest window centre)
+    # job grid cell, px: the unit of resumption and of Dask tasks. A block recomputes the one row and column of
+    # windows it shares with its neighbours, about 2 x (tile - overlap) / block more windows (10 % at 8192 px
+    # for 512 px tiles with 128 px overlap); its accumulator holds 13 x tile x block floats (218 MB)
+    block: int = 8192
+    batch_size: int = 8  # windows per forward pass
+    probabilities: bool = False  # also write <name>_prob.tif: 13 class probabilities and the confidence
+    device: str | None = None  # default: cuda when available
+    workers: int | None = None  # None: blocks run in this process; N: a local Dask cluster of N workers
+    scheduler: str | None = None  # a Dask scheduler's address: blocks run on its workers
+
+    def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise UsageError(f"--blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {self.workers}")
+
+    def resolved(self, patch_size: int) -> MapConfig:
+        """Return this config with the tile (the checkpoint's ``patch_size``) and overlap defaults filled in.
+
+        Raises:
+            UsageError: a tile that is no multiple of 32, an overlap not in [0, tile), a block under the tile.
+        """
+        tile = self.tile or patch_size
+        overlap = tile // 4 if self.overlap is None else self.overlap
+        if tile < 32 or tile % 32:
+            raise UsageError(f"--tile must be a multiple of 32 (the encoder's output stride), got {tile}")
+        if not 0 <= overlap < tile:
+            raise UsageError(f"--overlap must be at least 0 and less than --tile ({tile}), got {overlap}")
+        if self.block < tile:
+            raise UsageError(f"--block must be at least --tile ({tile}), got {self.block}")
+        return replace(self, tile=tile, overlap=overlap)

@@ -1,4 +1,4 @@
-"""``flair-lake ingest`` and ``flair-lake filter``: the Dask pipelines' commands.
+"""``flair-lake ingest``, ``filter`` and ``map``: the Dask pipelines' commands.
 
 They are plugins of the ``flair-lake`` group, named by the ``flair_lake.commands`` entry points of
 pyproject.toml, so that the library never imports the pipelines. The pipelines themselves are imported when a
@@ -15,11 +15,13 @@ from flair_lake import config, schema
 from flair_lake.cli import (
     command,
     lake_argument,
+    parse_split,
     scheduler_option,
     storage_option,
     wait_option,
     workers_option,
 )
+from flair_lake.cli.options import OUTPUT_FOLDER
 
 
 @command()
@@ -107,3 +109,80 @@ def filter_cmd(lake, max_cover, min_prob, combine, monthly, reducer, mask_pixels
                          storage_options=storage_options, wait=wait)
     for line in summary.lines():
         click.echo(line)
+
+
+def _corner(_ctx, _param, value):
+    """Parse ``--sentinel-grid WEST,NORTH`` into two floats."""
+    if value is None:
+        return None
+    try:
+        west, north = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected WEST,NORTH in metres of the raster's CRS, e.g. 951200,6212400; got "
+                                 f"{value!r}") from None
+    return west, north
+
+
+M = config.MapConfig
+
+
+@command("map")
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, exists=True), help="A checkpoint of train.")
+@click.option("--lake", default=None, help="The lake whose zones are mapped [default: $FLAIR_LAKE or lake.zarr; "
+              "with --image, only read for the view's filter parameters].")
+@click.option("--split", default="test", show_default=True, callback=lambda _c, _p, v: parse_split(v),
+              help="Map the zones with patches of this split: train, val, test, all, or domains.")
+@click.option("--zones", default=None, help="Map these zones instead (comma-separated, e.g. D004_2021-Z1_FF).")
+@click.option("--view", default=None, help="View whose filter builds the Sentinel-2 inputs [default: the "
+              "checkpoint's].")
+@click.option("--image", type=click.Path(dir_okay=False, exists=True),
+              help="Map this georeferenced 5-band raster (R, G, B, NIR, elevation) instead of zones.")
+@click.option("--sentinel", "sentinel_folder", type=click.Path(file_okay=False, exists=True),
+              help="With --image and a U-T&T model: folder of a super-area triple (*_data.npy, *_masks.npy, "
+              "*_products.txt).")
+@click.option("--sentinel-grid", callback=_corner, metavar="WEST,NORTH",
+              help="Top-left corner of the --sentinel super-area's 10 m grid, in the raster's CRS.")
+@click.option("--out", type=OUTPUT_FOLDER, required=True, help="Folder of the maps.")
+@click.option("--tile", type=click.IntRange(min=32), default=None,
+              help="Window side, px [default: the checkpoint's patch size].")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Pixels neighbouring windows share [default: a quarter of the tile].")
+@click.option("--blend", type=click.Choice(config.BLENDS), default=M.blend, show_default=True,
+              help="Weights over the overlaps: cosine or linear ramps; none crops (each pixel from the nearest "
+              "window centre).")
+@click.option("--block", type=click.IntRange(min=32), default=M.block, show_default=True,
+              help="Job grid cell, px: the unit of resumption and of Dask tasks.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=M.batch_size, show_default=True)
+@click.option("--probabilities", is_flag=True, help="Also write <map>_prob.tif: 13 class probabilities and the "
+              "confidence, 0..255.")
+@click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Blocks on a local Dask cluster of N workers [default: in this process].")
+@scheduler_option
+@storage_option
+def map_cmd(ckpt, lake, split, zones, view, image, sentinel_folder, sentinel_grid, out, tile, overlap, blend,
+            block, batch_size, probabilities, device, workers, scheduler, storage_options):
+    """Map whole zones of a lake (or a raster) with a trained model into Cloud-Optimized GeoTIFFs.
+
+    Each zone becomes one class map over its whole extent on the exact pixel grid of its patches (no data
+    between patches), from overlapping windows blended without seams; COGs with the colour table and class
+    names, a QGIS style, optional probabilities, and OUT/index.vrt over all maps. A killed run resumes with the
+    same command.
+    """
+    from pipelines.maps import SentinelSpec, run_map
+
+    if (sentinel_folder is None) != (sentinel_grid is None):
+        raise click.UsageError("--sentinel and --sentinel-grid go together")
+    if image is None and (sentinel_folder or sentinel_grid):
+        raise click.UsageError("--sentinel and --sentinel-grid are for --image; zones read their super-area "
+                               "from the lake")
+    if image is None:
+        lake = lake or config.default_lake()
+    cfg = config.MapConfig(tile=tile, overlap=overlap, blend=blend, block=block, batch_size=batch_size,
+                           probabilities=probabilities, device=device, workers=workers, scheduler=scheduler)
+    spec = SentinelSpec(sentinel_folder, *sentinel_grid) if sentinel_folder else None
+    summary = run_map(ckpt, out, cfg, lake=lake, split=split, zones=zones.split(",") if zones else None,
+                      view=view, image=image, sentinel=spec, storage_options=storage_options)
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"maps in {out}: " + ", ".join(p.name for p in summary.maps) + "; index.vrt mosaics them")

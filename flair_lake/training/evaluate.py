@@ -70,7 +70,7 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ck = load_checkpoint(ckpt, dev)
-    loader = make_loader(lake, view=view or _trained_view(lake, ck), split=split, batch_size=batch_size,
+    loader = make_loader(lake, view=view or trained_view(lake, ck), split=split, batch_size=batch_size,
                          num_workers=workers, shuffle=False)
     changes = lk.provenance_changes(ck.get("trained_on"), loader.dataset.provenance)
     if changes:
@@ -122,7 +122,7 @@ def evaluate(ckpt: str | Path, lake: str, *, split: str = EvaluateConfig.split, 
     return result
 
 
-def _trained_view(lake: str, ck: dict) -> str | None:
+def trained_view(lake: str, ck: dict) -> str | None:
     """Return the exact view generation a checkpoint was trained on (``name~k``), or its view's current
     generation when that one was collected since (the difference is reported)."""
     trained = ck.get("view")

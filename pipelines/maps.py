@@ -1,0 +1,338 @@
+"""``flair-lake map``: a checkpoint over whole zones of a lake, or over a raster, into Cloud-Optimized GeoTIFFs.
+
+Each map is cut into the blocks of a job grid (``--block`` px). A block is one task: it runs the model over the
+windows that reach into it, blends them and writes ``OUT/.jobs/<map>/<block>.tif`` (written aside, renamed when
+complete). When every block of a map is there, the coordinator mosaics them into the map's COG(s) and style,
+and records the map finished. Killed at any moment, the same command skips finished maps and blocks and ends
+with the same files. Blocks run in this process, on a local Dask cluster (``--workers N``) or on a scheduler's
+workers (``--scheduler``), each worker loading the model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flair_lake import lake as lk
+from flair_lake import schema
+from flair_lake.config import MapConfig
+from flair_lake.errors import Interrupted, UsageError
+from flair_lake.maps.grid import Block, PixelGrid, Windows, blocks
+from flair_lake.maps.write import QML_NAME, write_index, write_qml
+
+log = logging.getLogger(__name__)
+JOBS = ".jobs"  # OUT/.jobs/<map>/: the job grid of each map (plan.json, block files, done)
+
+
+@dataclass(frozen=True)
+class SentinelSpec:
+    """A super-area triple for ``--image``: its folder and the (west, north) corner of its 10 m grid."""
+
+    folder: str
+    west: float
+    north: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """One map to compute: a zone of a lake (``rows``) or a raster (``image``). Picklable: sent to workers."""
+
+    name: str
+    lake: str | None = None
+    rows: tuple[int, ...] = ()
+    view: str | None = None
+    image: str | None = None
+    sentinel: SentinelSpec | None = None
+    view_params: tuple | None = None  # --image with a Sentinel-2 model: its view's filter parameters (items)
+    storage_options: dict | None = field(default=None, hash=False, compare=False)
+
+    def source(self, fill: np.ndarray, reads_sentinel: bool):
+        """Return this target's source (:mod:`flair_lake.maps.sources`)."""
+        from flair_lake.maps.sources import RasterSource, ZoneSource
+
+        if self.image is None:
+            return ZoneSource(self.lake, self.name, np.array(self.rows), view=self.view if reads_sentinel else None,
+                              fill=fill, storage_options=self.storage_options)
+        area = None
+        if reads_sentinel and self.sentinel:
+            area = read_sentinel(self.sentinel, dict(self.view_params) if self.view_params else None)
+        return RasterSource(self.image, fill=fill, sentinel=area)
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """What one Dask task computes: a block of a target's map with a checkpoint."""
+
+    target: Target
+    block: Block
+    ckpt: str
+    cfg: MapConfig
+    folder: str
+    band_stats: str  # JSON of the lake's band statistics, for checkpoints that carry none
+
+
+@dataclass
+class MapSummary:
+    """What a map run did, for the command's closing lines."""
+
+    maps: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    blocks_run: int = 0
+    blocks_kept: int = 0
+    windows: int = 0
+    km2: float = 0.0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = self.km2 / self.seconds * 3600 if self.seconds > 0 else 0.0
+        out = [f"warning: {w}" for w in self.warnings]
+        out.append(f"mapped {self.km2:.3f} km^2 in {len(self.maps)} map(s) ({self.skipped} already finished, "
+                   f"{self.blocks_kept} block(s) kept from an earlier run): {self.windows} windows in "
+                   f"{self.seconds:.1f} s, {rate:.2f} km^2/hour")
+        return out
+
+
+# --- worker side --------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _source(target: Target, fill: bytes, reads_sentinel: bool):
+    return target.source(np.frombuffer(fill, np.uint8), reads_sentinel)
+
+
+def run_block(task: BlockTask) -> dict:
+    """Compute one block and write its file; return its windows, km^2 and seconds."""
+    from flair_lake.maps.infer import cached_predictor, predict_block
+    from flair_lake.maps.write import BlockWriter
+
+    t0 = time.perf_counter()
+    predictor = cached_predictor(task.ckpt, os.path.getmtime(task.ckpt), task.cfg.device, task.band_stats)
+    source = _source(task.target, predictor.fill.tobytes(), predictor.reads_sentinel)
+    cfg = task.cfg
+    windows = Windows.over(source.grid, cfg.tile, cfg.overlap, cfg.blend)
+    writer = BlockWriter(Path(task.folder), source.grid, task.block, cfg.probabilities)
+    try:
+        n = predict_block(source, windows, task.block, predictor, writer, batch_size=cfg.batch_size,
+                          probabilities=cfg.probabilities, reads_sentinel=predictor.reads_sentinel,
+                          reads_mtd=predictor.reads_mtd)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return {"target": task.target.name, "block": task.block.key, "windows": n,
+            "km2": source.grid.km2(task.block.pixels), "seconds": time.perf_counter() - t0}
+
+
+# --- coordinator ------------------------------------------------------------------------------------------------
+def read_sentinel(spec: SentinelSpec, params: dict | None):
+    """Return the :class:`~flair_lake.maps.sources.SentinelArea` of an ``--image`` run's super-area triple."""
+    from flair_lake.config import FilterConfig
+    from flair_lake.maps.sources import SentinelArea
+    from flair_lake.raw.readers import read_sentinel_area
+
+    folder = Path(spec.folder)
+    found = {kind: sorted(folder.glob(f"*_{kind}.*")) for kind in ("data", "masks", "products")}
+    missing = [k for k, v in found.items() if len(v) != 1]
+    if missing:
+        raise UsageError(f"--sentinel {folder}: expected one *_data.npy, *_masks.npy and *_products.txt, found "
+                         f"{', '.join(f'{len(found[k])} {k}' for k in missing)}")
+    if params is None:
+        raise UsageError("the checkpoint does not record its view's filter parameters; give --lake, the lake it "
+                         "was trained on, so that they are read from the view")
+    data, masks, _, dates = read_sentinel_area(found["data"][0], found["masks"][0], found["products"][0])
+    days = np.array(dates, dtype="datetime64[D]")
+    year = int(np.bincount(days.astype("datetime64[Y]").astype(int) + 1970).argmax()) if len(days) else 1970
+    params = dict(params)
+    window = int(params.pop("window", schema.S2_WINDOW))
+    return SentinelArea(data, masks, days, spec.west, spec.north, FilterConfig.from_params(params), window, year)
+
+
+def lake_targets(lake: str, *, split, zones: list[str] | None, view: str | None,
+                 storage_options: dict | None = None) -> list[Target]:
+    """Return one target per zone of a lake: the zones named, or those with ingested patches in ``split``."""
+    from flair_lake.loader.dataset import select_rows
+
+    root = lk.open_lake(lake, storage_options=storage_options)
+    areas = list(root.attrs["areas"])
+    zone_col = root["zone"][:]
+    if zones:
+        unknown = [z for z in zones if z not in areas]
+        if unknown:
+            raise UsageError(f"unknown zone(s) {', '.join(unknown)} in {lake}; zones are named like {areas[0]} "
+                             "(flair-lake info lists them)" if areas else f"{lake} has no zones")
+        rows = select_rows(root, "all")
+        wanted = {areas.index(z) for z in zones}
+        rows = rows[np.isin(zone_col[rows], list(wanted))]
+    else:
+        rows = select_rows(root, split)
+    if len(rows) == 0:
+        raise UsageError(f"no ingested patches to map in {lake} for split {split!r}")
+    return [Target(areas[int(z)], lake=lake, rows=tuple(int(r) for r in rows[zone_col[rows] == z]), view=view,
+                   storage_options=storage_options)
+            for z in np.unique(zone_col[rows])]
+
+
+def _plan_record(target_grid: PixelGrid, cfg: MapConfig, ckpt: str) -> dict:
+    """Return what must not change between a map's runs for its finished blocks to be reused."""
+    st = os.stat(ckpt)
+    return {"grid": asdict(target_grid), "tile": cfg.tile, "overlap": cfg.overlap, "blend": cfg.blend,
+            "block": cfg.block, "probabilities": cfg.probabilities,
+            "checkpoint": {"path": str(Path(ckpt).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
+def prepare(folder: Path, record: dict, name: str, warnings: list[str]) -> bool:
+    """Make a map's job folder ready; return True when the map was already finished with the same plan.
+
+    A plan that differs from the recorded one (other checkpoint, tile, overlap, blend, block or outputs) starts
+    the map again; side files of a killed block write are removed.
+    """
+    plan = folder / "plan.json"
+    if plan.exists():
+        try:
+            same = json.loads(plan.read_text()) == record
+        except ValueError:
+            same = False
+        if same:
+            for leftover in folder.glob("*.partial"):
+                leftover.unlink(missing_ok=True)
+            return (folder / "done").exists()
+        kept = len(list(folder.glob("*.tif")))
+        warnings.append(f"map {name}: the checkpoint or --tile/--overlap/--blend/--block/--probabilities changed "
+                        f"since its last run; it is computed again ({kept} finished block(s) dropped)")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "plan.json.partial"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, plan)
+    return False
+
+
+def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = None, split="test",
+            zones: list[str] | None = None, view: str | None = None, image: str | None = None,
+            sentinel: SentinelSpec | None = None, storage_options: dict | None = None,
+            progress: bool | None = None) -> MapSummary:
+    """Map zones of ``lake`` (``split`` or ``zones``), or the raster ``image``, with ``ckpt`` into ``out``."""
+    from flair_lake.maps.infer import SENTINEL_MODELS
+    from flair_lake.training.checkpoint import read_checkpoint
+    from flair_lake.training.evaluate import trained_view
+
+    t_start = time.perf_counter()
+    ck = read_checkpoint(ckpt)
+    reads_sentinel = ck["model_name"] in SENTINEL_MODELS
+    band_stats = {}
+    patch_size = ck.get("patch_size")
+    if lake is not None:
+        root = lk.open_lake(lake, storage_options=storage_options)
+        band_stats = root.attrs.get("band_stats", {})
+        patch_size = patch_size or int(root.attrs["patch_size"])
+        view = lk.resolve_view(root, lake, view or trained_view(lake, ck), complete=True) if reads_sentinel \
+            else None
+    cfg = cfg.resolved(int(patch_size or 512))
+    if reads_sentinel and cfg.tile != patch_size:
+        raise UsageError(f"{ck['model_name']} reads the Sentinel-2 pixels under its window, as it was trained: "
+                         f"--tile must be its patch size, {patch_size} px (got {cfg.tile})")
+    if image is not None:
+        params = None
+        if reads_sentinel and lake is not None and view:
+            attrs = lk.open_lake(lake, storage_options=storage_options)[f"{schema.VIEWS_GROUP}/{view}"].attrs
+            params = {**attrs["params"], "window": int(attrs.get("window", schema.S2_WINDOW))}
+        if reads_sentinel and sentinel is None:
+            raise UsageError(f"{ck['model_name']} reads Sentinel-2 windows: give --sentinel FOLDER (the super-area's "
+                             "*_data.npy, *_masks.npy, *_products.txt) and --sentinel-grid WEST,NORTH, or map with "
+                             "an aerial-only model (unet)")
+        targets = [Target(Path(image).stem, image=image, sentinel=sentinel,
+                          view_params=tuple(sorted(params.items())) if params else None)]
+    elif lake is None:
+        raise UsageError("give --lake (zones of a lake) or --image (a raster)")
+    else:
+        targets = lake_targets(lake, split=split, zones=zones, view=view, storage_options=storage_options)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_qml(out / QML_NAME)
+    summary = MapSummary()
+    fill = np.zeros(schema.N_AERIAL_BANDS, np.uint8)
+    plans = {}  # name -> (grid, blocks, folder, tasks left)
+    for target in targets:
+        src = target.source(fill, False)  # its grid and warnings; workers open their own
+        summary.warnings.extend(src.warnings)
+        folder = out / JOBS / target.name
+        grid_blocks = blocks(src.grid, cfg.block)
+        if prepare(folder, _plan_record(src.grid, cfg, ckpt), target.name, summary.warnings):
+            summary.skipped += 1
+            summary.maps.append(out / f"{target.name}.tif")
+            plans[target.name] = (src.grid, grid_blocks, folder, [])
+            continue
+        todo = [b for b in grid_blocks if not (folder / f"{b.key}.tif").exists()]
+        summary.blocks_kept += len(grid_blocks) - len(todo)
+        tasks = [BlockTask(target, b, str(ckpt), cfg, str(folder), json.dumps(band_stats)) for b in todo]
+        plans[target.name] = (src.grid, grid_blocks, folder, tasks)
+    left = {name: len(p[3]) for name, p in plans.items()}
+    all_tasks = [t for p in plans.values() for t in p[3]]
+    total_km2 = sum(p[0].km2(sum(b.pixels for b in p[1])) for p in plans.values())
+    done_km2 = total_km2 - sum(plans[t.target.name][0].km2(t.block.pixels) for t in all_tasks)
+
+    def finish(name: str) -> None:
+        grid, grid_blocks, folder, _ = plans[name]
+        summary.maps.append(out / f"{name}.tif")
+        from flair_lake.maps.write import assemble
+
+        assemble(folder, grid, grid_blocks, out, name, probabilities=cfg.probabilities)
+        (folder / "done").write_text(lk.now_iso() + "\n")
+        for f in folder.glob("*.tif"):  # the blocks are in the COG now
+            f.unlink()
+        for f in folder.glob("*.vrt"):
+            f.unlink()
+
+    for name, n in left.items():  # maps whose blocks were all finished by an earlier, killed run
+        if n == 0 and not (plans[name][2] / "done").exists():
+            finish(name)
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_km2, 4), initial=round(done_km2, 4), unit="km2", desc="map",
+               disable=None if progress is None else not progress,
+               bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} km^2 [{elapsed}<{remaining}, {postfix}]")
+    t_run = time.perf_counter()
+    try:
+        for res in _execute(all_tasks, cfg):
+            summary.blocks_run += 1
+            summary.windows += res["windows"]
+            summary.km2 += res["km2"]
+            bar.update(res["km2"])
+            bar.set_postfix_str(f"{summary.km2 / max(time.perf_counter() - t_run, 1e-9) * 3600:.2f} km^2/hour")
+            left[res["target"]] -= 1
+            if left[res["target"]] == 0:
+                finish(res["target"])
+    except KeyboardInterrupt as exc:
+        raise Interrupted.of(exc, landed=f"{summary.blocks_run + summary.blocks_kept} of "
+                             f"{summary.blocks_kept + len(all_tasks)} block(s) are finished in {out / JOBS} and "
+                             "kept") from None
+    finally:
+        bar.close()
+    summary.warnings.extend(write_index(out / "index.vrt", [(out / f"{n}.tif", p[0]) for n, p in plans.items()]))
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _execute(tasks: list[BlockTask], cfg: MapConfig):
+    """Yield each block's result: in this process, or on a Dask cluster (local with --workers, or a scheduler's)."""
+    if not tasks:
+        return
+    if cfg.scheduler is None and cfg.workers is None:
+        for task in tasks:
+            yield run_block(task)
+        return
+    from distributed import as_completed
+
+    from pipelines.cluster import dask_client
+
+    with dask_client(cfg.scheduler, cfg.workers, threads_per_worker=1) as client:
+        futures = client.map(run_block, tasks, pure=False, retries=1)
+        for fut in as_completed(futures):
+            yield fut.result()
