@@ -239,7 +239,7 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
         raise UsageError(f"{ck['model_name']} reads the Sentinel-2 pixels under its window, as it was trained: "
                          f"--tile must be its patch size, {patch_size} px (got {cfg.tile})")
     if image is not None:
-        params = None
+        params = ck.get("view_params")  # the filter parameters and window of the view it was trained on
         if reads_sentinel and lake is not None and view:
             attrs = lk.open_lake(lake, storage_options=storage_options)[f"{schema.VIEWS_GROUP}/{view}"].attrs
             params = {**attrs["params"], "window": int(attrs.get("window", schema.S2_WINDOW))}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,40 +22,6 @@ from pipelines.filter import run_filter
 from pipelines.ingest import ingest
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture()
-def cluster(tmp_path):
-    """Start a scheduler and two single-threaded workers; yield (address, worker processes)."""
-    from distributed import Client
-
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "BLOSC_NTHREADS": "1"}
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
-    deadline = time.time() + 60
-    while not sched_file.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    workers = [subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--nthreads",
-                                 "1", "--no-dashboard", "--no-nanny", "--host", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True) for _ in range(2)]
-    procs += workers
-    try:
-        with Client(scheduler_file=str(sched_file), timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-            address = client.scheduler.address
-        yield address, workers
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
 
 
 def _arrays(path):

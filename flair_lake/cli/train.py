@@ -23,7 +23,7 @@ loader_workers = click.option("--workers", type=click.IntRange(min=0), default=N
 def checkpoint_options(fn):
     """Add the options shared by the commands that run a checkpoint on a split of a lake (evaluate, predict)."""
     options = [
-        click.option("--ckpt", required=True, type=click.Path(dir_okay=False)),
+        click.option("--ckpt", type=click.Path(dir_okay=False), help="A checkpoint written by train."),
         click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr"),
         click.option("--split", default=E.split, show_default=True, callback=lambda _c, _p, v: parse_split(v),
                      help="train, val, test, all, or domains (D006_2020,D004_2021)."),
@@ -112,13 +112,28 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
 @click.option("--probabilities", is_flag=True, help="With --predict, also PROB_<id>.tif (13 bands, 0..255).")
 @click.option("--examples", type=click.IntRange(min=0), default=E.examples, show_default=True,
               help="Draw the N patches of lowest pixel accuracy in OUT/examples_<split>.png (0: none).")
-def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_dir, probabilities, examples):
-    """Evaluate CKPT on a split of LAKE with the official FLAIR #2 metric."""
+@click.option("--map", "map_dir", type=click.Path(file_okay=False, exists=True),
+              help="Score the zone maps of this folder (flair-lake map) instead of a checkpoint, on the same "
+              "pixels: every labelled patch of the split, read from its zone's map.")
+def evaluate(ckpt, lake, split, view, batch_size, workers, device, out, predict_dir, probabilities, examples,
+             map_dir):
+    """Evaluate CKPT (or the maps of --map) on a split of LAKE with the official FLAIR #2 metric."""
     from flair_lake.training.evaluate import evaluate as run_evaluate
+    from flair_lake.training.evaluate import write_reports
 
-    res = run_evaluate(ckpt, lake, split=split, view=view, out_dir=out or Path(ckpt).parent,
-                       predict_dir=predict_dir, probabilities=probabilities, batch_size=batch_size, workers=workers,
-                       device=device, examples=examples)
+    if (ckpt is None) == (map_dir is None):
+        raise click.UsageError("give --ckpt (a checkpoint) or --map (a folder of maps), one of them")
+    if map_dir:
+        from flair_lake.maps.score import score_maps
+
+        res = score_maps(map_dir, lake, split=split)
+        for line in res.pop("warnings"):
+            click.echo(f"warning: {line}")
+        write_reports(res, Path(out or map_dir))
+    else:
+        res = run_evaluate(ckpt, lake, split=split, view=view, out_dir=out or Path(ckpt).parent,
+                           predict_dir=predict_dir, probabilities=probabilities, batch_size=batch_size,
+                           workers=workers, device=device, examples=examples)
     if res["labelled"]:
         click.echo(f"{split}: official mIoU {res['miou']:.4f} over {res['patches']} patches")
         for row in res["per_class_iou"]:
@@ -142,6 +157,8 @@ def predict(ckpt, lake, split, view, batch_size, workers, device, out, probabili
     """
     from flair_lake.training.evaluate import evaluate as run_evaluate
 
+    if ckpt is None:
+        raise click.UsageError("Missing option '--ckpt'.")
     res = run_evaluate(ckpt, lake, split=split, view=view, predict_dir=out, probabilities=probabilities,
                        batch_size=batch_size, workers=workers, device=device, tta=tta)
     msg = f"wrote {res['patches']} predictions to {out}"

@@ -81,6 +81,7 @@ class LakeDataset(torch.utils.data.Dataset):
         self.skip_empty = params.get("skip_empty_months", False) if skip_empty_months is None else skip_empty_months
         self.window = int(root[f"{schema.VIEWS_GROUP}/{self.view}"].attrs.get("window", schema.S2_WINDOW)) \
             if self.view else schema.S2_WINDOW
+        self.view_params = {**params, "window": self.window} if self.view else None  # recorded in checkpoints
         cams = np.array(["UCE" in c for c in root.attrs["cameras"]] or [False])
         r = self.rows
         cols = zc.read_arrays(root, ("patch_id", "centroid_x", "centroid_y", "centroid_z", "acquired", "year",

@@ -72,7 +72,7 @@ def area_corner(cx: np.ndarray, cy: np.ndarray, rows: np.ndarray, cols: np.ndarr
     lo_w, hi_w = np.max(cx - (cols + 1) * px), np.min(cx - cols * px)
     lo_n, hi_n = np.max(cy + rows * px), np.min(cy + (rows + 1) * px)
     if lo_w < hi_w and lo_n < hi_n:
-        return (lo_w + hi_w) / 2, (lo_n + hi_n) / 2, None
+        return float(lo_w + hi_w) / 2, float(lo_n + hi_n) / 2, None
     west = float(np.median(cx - (cols + 0.5) * px))
     north = float(np.median(cy + (rows + 0.5) * px))
     off = max(lo_w - hi_w, lo_n - hi_n, 0.0)

@@ -48,7 +48,7 @@ def block_profile(grid: PixelGrid, block: Block, bands: int) -> dict:
 
     return {"driver": "GTiff", "width": block.c1 - block.c0, "height": block.r1 - block.r0, "count": bands,
             "dtype": "uint8", "compress": "lzw", "crs": CRS.from_epsg(grid.epsg) if grid.epsg else None,
-            "transform": grid.transform * grid.transform.translation(block.c0, block.r0)}
+            "transform": grid.transform @ grid.transform.translation(block.c0, block.r0)}
 
 
 class BlockWriter:

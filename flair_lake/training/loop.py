@@ -311,7 +311,8 @@ def _save_checkpoints(cfg: TrainConfig, out: Path, core, opt, state: dict, ds, b
     ck = {"model_name": cfg.model, "model_kwargs": {"use_metadata": cfg.metadata,
                                                     "baseline_quirks": cfg.baseline_quirks},
           "state_dict": core.state_dict(), "optimizer": opt.state_dict(), "state": dict(state),
-          "config": dataclasses.asdict(cfg), "view": ds.provenance["view"], "band_stats": band_stats,
+          "config": dataclasses.asdict(cfg), "view": ds.provenance["view"], "view_params": ds.view_params,
+          "band_stats": band_stats,
           "patch_size": ds.patch_size, "trained_on": ds.provenance, "torch_rng": torch.get_rng_state(),
           "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
     if improved:  # best.pt first: a kill before last.pt is written redoes the epoch, and writes best.pt again
