@@ -10,12 +10,12 @@ workers (``--scheduler``), each worker loading the model once.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class Target:
     sentinel: SentinelSpec | None = None
     view_params: tuple | None = None  # --image with a Sentinel-2 model: its view's filter parameters (items)
     storage_options: dict | None = field(default=None, hash=False, compare=False)
+    table: dict | None = field(default=None, hash=False, compare=False)  # a zone's lake columns (zone_columns)
 
     def source(self, fill: np.ndarray, reads_sentinel: bool):
         """Return this target's source (:mod:`flair_lake.maps.sources`)."""
@@ -60,7 +61,7 @@ class Target:
 
         if self.image is None:
             return ZoneSource(self.lake, self.name, np.array(self.rows), view=self.view if reads_sentinel else None,
-                              fill=fill, storage_options=self.storage_options)
+                              fill=fill, columns=self.table, storage_options=self.storage_options)
         area = None
         if reads_sentinel and self.sentinel:
             area = read_sentinel(self.sentinel, dict(self.view_params) if self.view_params else None)
@@ -77,6 +78,7 @@ class BlockTask:
     cfg: MapConfig
     folder: str
     band_stats: str  # JSON of the lake's band statistics, for checkpoints that carry none
+    run: str  # this run's id: workers keep a zone's source for the blocks of one run only
 
 
 @dataclass
@@ -102,9 +104,16 @@ class MapSummary:
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _source(target: Target, fill: bytes, reads_sentinel: bool):
-    return target.source(np.frombuffer(fill, np.uint8), reads_sentinel)
+_SOURCES: dict = {}  # a worker's open sources of a run (a zone's super-area is read once for all its blocks)
+
+
+def _source(run: str, target: Target, fill: np.ndarray, reads_sentinel: bool):
+    key = (run, target, fill.tobytes(), reads_sentinel)
+    if key not in _SOURCES:
+        while len(_SOURCES) >= 4:
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[key] = target.source(fill, reads_sentinel)
+    return _SOURCES[key]
 
 
 def run_block(task: BlockTask) -> dict:
@@ -114,7 +123,7 @@ def run_block(task: BlockTask) -> dict:
 
     t0 = time.perf_counter()
     predictor = cached_predictor(task.ckpt, os.path.getmtime(task.ckpt), task.cfg.device, task.band_stats)
-    source = _source(task.target, predictor.fill.tobytes(), predictor.reads_sentinel)
+    source = _source(task.run, task.target, predictor.fill, predictor.reads_sentinel)
     cfg = task.cfg
     windows = Windows.over(source.grid, cfg.tile, cfg.overlap, cfg.blend)
     writer = BlockWriter(Path(task.folder), source.grid, task.block, cfg.probabilities)
@@ -158,6 +167,7 @@ def lake_targets(lake: str, *, split, zones: list[str] | None, view: str | None,
                  storage_options: dict | None = None) -> list[Target]:
     """Return one target per zone of a lake: the zones named, or those with ingested patches in ``split``."""
     from flair_lake.loader.dataset import select_rows
+    from flair_lake.maps.sources import zone_columns
 
     root = lk.open_lake(lake, storage_options=storage_options)
     areas = list(root.attrs["areas"])
@@ -174,9 +184,14 @@ def lake_targets(lake: str, *, split, zones: list[str] | None, view: str | None,
         rows = select_rows(root, split)
     if len(rows) == 0:
         raise UsageError(f"no ingested patches to map in {lake} for split {split!r}")
-    return [Target(areas[int(z)], lake=lake, rows=tuple(int(r) for r in rows[zone_col[rows] == z]), view=view,
-                   storage_options=storage_options)
-            for z in np.unique(zone_col[rows])]
+    table = zone_columns(lake, root=root)  # read once, each target carries its rows
+    targets = []
+    for z in np.unique(zone_col[rows]):
+        members = rows[zone_col[rows] == z]
+        cols = {k: v[members] for k, v in table["columns"].items()}
+        targets.append(Target(areas[int(z)], lake=lake, rows=tuple(int(r) for r in members), view=view,
+                              storage_options=storage_options, table={**table, "columns": cols}))
+    return targets
 
 
 def _plan_record(target_grid: PixelGrid, cfg: MapConfig, ckpt: str) -> dict:
@@ -257,6 +272,7 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     write_qml(out / QML_NAME)
     summary = MapSummary()
+    run_id = uuid.uuid4().hex
     fill = np.zeros(schema.N_AERIAL_BANDS, np.uint8)
     plans = {}  # name -> (grid, blocks, folder, tasks left)
     for target in targets:
@@ -271,7 +287,7 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
             continue
         todo = [b for b in grid_blocks if not (folder / f"{b.key}.tif").exists()]
         summary.blocks_kept += len(grid_blocks) - len(todo)
-        tasks = [BlockTask(target, b, str(ckpt), cfg, str(folder), json.dumps(band_stats)) for b in todo]
+        tasks = [BlockTask(target, b, str(ckpt), cfg, str(folder), json.dumps(band_stats), run_id) for b in todo]
         plans[target.name] = (src.grid, grid_blocks, folder, tasks)
     left = {name: len(p[3]) for name, p in plans.items()}
     all_tasks = [t for p in plans.values() for t in p[3]]

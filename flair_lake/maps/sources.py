@@ -136,6 +136,21 @@ class SentinelArea:
         return {"sentinel": sen, "dates": days, "pad_mask": pad}
 
 
+ZONE_COLUMNS = ("transform", "crs_epsg", "centroid_x", "centroid_y", "centroid_z", "acquired", "year", "camera",
+                "s2_row", "s2_col")
+
+
+def zone_columns(lake: str, rows: np.ndarray | None = None, storage_options: dict | None = None,
+                 root=None) -> dict:
+    """Return what a :class:`ZoneSource` needs of the lake's table, for ``rows`` (all when None): the columns of
+    :data:`ZONE_COLUMNS`, the patch size, and which cameras are UCE (metadata encoding)."""
+    root = root or lk.open_lake(lake, storage_options=storage_options)
+    cols = zc.read_arrays(root, ZONE_COLUMNS)
+    return {"columns": cols if rows is None else {k: v[rows] for k, v in cols.items()},
+            "patch_size": int(root.attrs["patch_size"]),
+            "uce_cameras": tuple("UCE" in c for c in root.attrs["cameras"]) or (False,)}
+
+
 class ZoneSource:
     """One zone of a lake: its ingested patches on the zone's pixel grid and its super-area.
 
@@ -146,18 +161,15 @@ class ZoneSource:
     """
 
     def __init__(self, lake: str, name: str, rows: np.ndarray, *, view: str | None, fill: np.ndarray,
-                 storage_options: dict | None = None) -> None:
-        root = lk.open_lake(lake, storage_options=storage_options)
+                 columns: dict | None = None, storage_options: dict | None = None) -> None:
         self.lake, self.name, self.storage_options = lake, name, storage_options
         self.rows = np.asarray(rows, np.int64)
-        self.size = int(root.attrs["patch_size"])
-        cols = zc.read_arrays(root, ("transform", "crs_epsg", "patch_id", "centroid_x", "centroid_y", "centroid_z",
-                                     "acquired", "year", "camera", "s2_row", "s2_col", "has_label", "zone"))
-        self.cols = {k: v[self.rows] for k, v in cols.items()}
+        table = columns or zone_columns(lake, self.rows, storage_options)
+        self.size, self.cols = table["patch_size"], table["columns"]
         self.grid, self.offsets, self.warnings = zone_grid(self.cols["transform"], self.cols["crs_epsg"],
                                                            self.size, name)
         self.fill = np.asarray(fill, np.uint8)
-        self.cameras = np.array(["UCE" in c for c in root.attrs["cameras"]] or [False])
+        self.cameras = np.array(table["uce_cameras"])
         self.year = int(np.bincount(self.cols["year"].astype(np.int64)).argmax())
         self.view = view
         self._area = None
@@ -222,7 +234,7 @@ class ZoneSource:
             root = lk.open_lake(self.lake, storage_options=self.storage_options)
             attrs = root[f"{schema.VIEWS_GROUP}/{self.view}"].attrs
             params = FilterConfig.from_params(attrs["params"])
-            g = root[f"{schema.SENTINEL_GROUP}/{root.attrs['areas'][int(self.cols['zone'][0])]}"]
+            g = root[f"{schema.SENTINEL_GROUP}/{self.name}"]
             c = self.cols
             west, north, warning = area_corner(c["centroid_x"], c["centroid_y"], c["s2_row"], c["s2_col"],
                                                self.name)
