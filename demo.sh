@@ -19,4 +19,7 @@ echo "== train: a short U-T&T run on CPU (CUDA when present), then the official 
 flair-lake train --lake lake.zarr --epochs 3 --batch-size 4 --lr 0.01 --out runs/demo
 echo "== predictions: georeferenced GeoTIFFs for the test split"
 flair-lake evaluate --ckpt runs/demo/best.pt --lake lake.zarr --split test --predict runs/demo/pred
+echo "== maps: the test zones as seamless Cloud-Optimized GeoTIFFs (open maps/index.vrt in QGIS), then scored"
+flair-lake map --ckpt runs/demo/best.pt --lake lake.zarr --split test --out maps
+flair-lake evaluate --map maps --lake lake.zarr --split test
 echo "== demo done in $DIR"

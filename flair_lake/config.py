@@ -311,6 +311,22 @@ LOADER_PREFETCH = 4  # batches each loader worker reads ahead
 
 
 # --- training ---------------------------------------------------------------------------------------------------
+# geometric augmentation of the training batches (flair_lake/loader/transform.py): none; dihedral = a flip and a
+# rotation by k x 90 degrees; paper = the datapaper's AUG: flips, random resize, random affine (shift-scale-rotate)
+AUGMENTS = ("none", "dihedral", "paper")
+AUG_P = 0.5  # probability of each of the paper's augmentations (its appendix: "a data augmentation probability of 0.5")
+AUG_RESIZE = (0.8, 1.25)  # zoom factor range of the random resize
+AUG_SHIFT, AUG_SCALE, AUG_ROTATE = 0.0625, 0.1, 45.0  # shift (fraction of the side), scale (+-), rotation (+-deg)
+
+
+def augment_mode(value: bool | str) -> str:
+    """Return the augmentation name of ``value``: True is "dihedral" (the default), False "none"."""
+    mode = {True: "dihedral", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in AUGMENTS:
+        raise UsageError(f"--augment must be one of {', '.join(AUGMENTS)}, got {value!r}")
+    return mode
+
+
 OPTIMIZERS = ("sgd", "adamw")
 # the names of flair_lake.models.MODELS, here so that `--model` is checked without importing torch
 MODEL_NAMES = ("utt", "utt-fpn", "utt-deeplabv3", "unet", "utae")
@@ -335,7 +351,7 @@ class TrainConfig:
     out: str = "runs/utt"
     resume: bool = False
     seed: int = 2022
-    augment: bool = True
+    augment: str = "dihedral"  # AUGMENTS; True and False (older configs) mean "dihedral" and "none"
     metadata: bool = False  # feed the encoded aerial metadata (paper's +MTD)
     encoder_weights: str | None = None  # local state dict for the ResNet34 encoder; None: random init
     baseline_quirks: bool = False  # collapsed fusion from batch element 0, as the released code
@@ -347,6 +363,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
             raise UsageError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
+        object.__setattr__(self, "augment", augment_mode(self.augment))
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.amp not in AMP_MODES:

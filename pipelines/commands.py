@@ -171,6 +171,12 @@ def map_cmd(ckpt, lake, split, zones, view, image, sentinel_folder, sentinel_gri
     """
     from pipelines.maps import SentinelSpec, run_map
 
+    ctx = click.get_current_context()
+    split_given = ctx.get_parameter_source("split") is not click.core.ParameterSource.DEFAULT
+    if zones and split_given:
+        raise click.UsageError("--zones and --split choose the zones to map: give one of them")
+    if image is not None and (zones or split_given):
+        raise click.UsageError("--image maps one raster: --zones and --split are for the zones of a lake")
     if (sentinel_folder is None) != (sentinel_grid is None):
         raise click.UsageError("--sentinel and --sentinel-grid go together")
     if image is None and (sentinel_folder or sentinel_grid):
@@ -186,3 +192,31 @@ def map_cmd(ckpt, lake, split, zones, view, image, sentinel_folder, sentinel_gri
     for line in summary.lines():
         click.echo(line)
     click.echo(f"maps in {out}: " + ", ".join(p.name for p in summary.maps) + "; index.vrt mosaics them")
+
+
+@command("experiment")
+@click.argument("plan")
+@click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
+@click.option("--out", type=OUTPUT_FOLDER, required=True, help="Folder of the runs and the tables.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Runs per variant (seeds 0 .. N-1), each trained from scratch.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of every run [default: the trainer's, or the plan's].")
+@click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
+@scheduler_option
+def experiment_cmd(plan, lake, out, seeds, epochs, device, scheduler):
+    """Train every variant of PLAN with several seeds and report the tables, mean ± std over seeds.
+
+    PLAN is a built-in plan, table3 (the datapaper's Table 3) or table5 (its Table 5), or a YAML file of
+    variants. Missing views are built first; finished runs are skipped when run again; a failed run is reported
+    and the others go on (exit 3). With --scheduler, runs go to the cluster's workers: one run per GPU on
+    workers started with --resources GPU=1.
+    """
+    from flair_lake.experiments.plan import load_plan
+    from pipelines.experiment import run_experiment
+
+    summary = run_experiment(load_plan(plan), lake, out, seeds=seeds, epochs=epochs, scheduler=scheduler,
+                             device=device)
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(summary.exit_code)

@@ -10,10 +10,12 @@ workers (``--scheduler``), each worker loading the model once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -22,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from flair_lake import lake as lk
-from flair_lake import schema
+from flair_lake import schema, storage
 from flair_lake.config import MapConfig
-from flair_lake.errors import Interrupted, UsageError
+from flair_lake.errors import Interrupted, LakeBusyError, UsageError
 from flair_lake.maps.grid import Block, PixelGrid, Windows, blocks
 from flair_lake.maps.write import QML_NAME, write_index, write_qml
 
@@ -194,19 +196,40 @@ def lake_targets(lake: str, *, split, zones: list[str] | None, view: str | None,
     return targets
 
 
-def _plan_record(target_grid: PixelGrid, cfg: MapConfig, ckpt: str) -> dict:
-    """Return what must not change between a map's runs for its finished blocks to be reused."""
-    st = os.stat(ckpt)
-    return {"grid": asdict(target_grid), "tile": cfg.tile, "overlap": cfg.overlap, "blend": cfg.blend,
-            "block": cfg.block, "probabilities": cfg.probabilities,
-            "checkpoint": {"path": str(Path(ckpt).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+def _stat(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def prepare(folder: Path, record: dict, name: str, warnings: list[str]) -> bool:
+def _plan_record(target: Target, grid: PixelGrid, cfg: MapConfig, ckpt: str, inputs: dict) -> dict:
+    """Return what a map's blocks depend on: reused only while all of it is unchanged (the grid, the checkpoint,
+    the map options, and its inputs: the zone's rows, the lake's id and ingest runs and the view generation, or
+    the raster and super-area files)."""
+    if target.image is None:
+        source = {"lake": inputs["lake"], "rows": list(target.rows), "provenance": inputs["provenance"]}
+    else:
+        source = {"image": _stat(target.image),
+                  "sentinel": None if target.sentinel is None else
+                  {"folder": str(Path(target.sentinel.folder).resolve()), "west": target.sentinel.west,
+                   "north": target.sentinel.north, "files": [_stat(str(f)) for f in
+                                                             sorted(Path(target.sentinel.folder).iterdir())]},
+                  "view_params": dict(target.view_params or ())}
+    return {"grid": asdict(grid), "tile": cfg.tile, "overlap": cfg.overlap, "blend": cfg.blend,
+            "block": cfg.block, "probabilities": cfg.probabilities, "checkpoint": _stat(ckpt), "source": source,
+            "band_stats": inputs["band_stats"]}
+
+
+def outputs(out: Path, name: str, probabilities: bool) -> list[Path]:
+    """Return the files a finished map has in OUT."""
+    return [out / f"{name}.tif", out / f"{name}.qml"] + ([out / f"{name}_prob.tif"] if probabilities else [])
+
+
+def prepare(folder: Path, record: dict, name: str, out: Path, warnings: list[str]) -> bool:
     """Make a map's job folder ready; return True when the map was already finished with the same plan.
 
-    A plan that differs from the recorded one (other checkpoint, tile, overlap, blend, block or outputs) starts
-    the map again; side files of a killed block write are removed.
+    A plan that differs from the recorded one (other checkpoint, options or inputs), or a finished map whose
+    files were since removed, starts the map again: its blocks and its files in OUT are deleted first. Side
+    files of a killed write are removed.
     """
     plan = folder / "plan.json"
     if plan.exists():
@@ -214,19 +237,56 @@ def prepare(folder: Path, record: dict, name: str, warnings: list[str]) -> bool:
             same = json.loads(plan.read_text()) == record
         except ValueError:
             same = False
-        if same:
-            for leftover in folder.glob("*.partial"):
+        complete = all(p.exists() for p in outputs(out, name, record["probabilities"]))
+        if same and (complete or not (folder / "done").exists()):
+            for leftover in [*folder.glob("*.partial"), *folder.glob("tmp*.tif")]:  # killed writes (rio-cogeo's)
                 leftover.unlink(missing_ok=True)
             return (folder / "done").exists()
-        kept = len(list(folder.glob("*.tif")))
-        warnings.append(f"map {name}: the checkpoint or --tile/--overlap/--blend/--block/--probabilities changed "
-                        f"since its last run; it is computed again ({kept} finished block(s) dropped)")
+        kept = len(list(folder.glob("r*_c*.tif")))
+        why = ("its files in the output folder are gone" if same else
+               "the checkpoint, the map options or its input changed since its last run")
+        warnings.append(f"map {name}: {why}; it is computed again" + (f" ({kept} finished block(s) dropped)"
+                                                                      if kept else ""))
         shutil.rmtree(folder)
+    for old in outputs(out, name, True):  # a map that is started is not finished: no stale file stays
+        old.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "plan.json.partial"
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
     os.replace(tmp, plan)
     return False
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """Hold ``OUT/.jobs/lock`` (flock) while a run writes OUT: a second map run into the same folder is refused.
+
+    The kernel releases it when the holder dies, so a killed run never blocks the next one.
+    """
+    import fcntl
+
+    (out / JOBS).mkdir(parents=True, exist_ok=True)
+    fh = open(out / JOBS / "lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise LakeBusyError(f"{out} is being written by another flair-lake map ({holder}); wait for it to "
+                                "finish or map into another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {lk.now_iso()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _absolute(path: str | None) -> str | None:
+    """Return a local path made absolute (workers of a scheduler run elsewhere), a URL as it is."""
+    return path if path is None or storage.is_url(path) else str(Path(path).resolve())
 
 
 def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = None, split="test",
@@ -239,9 +299,12 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     from flair_lake.training.evaluate import trained_view
 
     t_start = time.perf_counter()
+    ckpt, lake, image = _absolute(str(ckpt)), _absolute(lake), _absolute(image)
+    if sentinel is not None:
+        sentinel = SentinelSpec(_absolute(sentinel.folder), sentinel.west, sentinel.north)
     ck = read_checkpoint(ckpt)
     reads_sentinel = ck["model_name"] in SENTINEL_MODELS
-    band_stats = {}
+    band_stats, provenance = {}, None
     patch_size = ck.get("patch_size")
     if lake is not None:
         root = lk.open_lake(lake, storage_options=storage_options)
@@ -249,45 +312,72 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
         patch_size = patch_size or int(root.attrs["patch_size"])
         view = lk.resolve_view(root, lake, view or trained_view(lake, ck), complete=True) if reads_sentinel \
             else None
+        provenance = lk.provenance(root, view)
+    if reads_sentinel and patch_size is None:
+        raise UsageError(f"{ckpt} does not record the patch size it was trained on; give --lake, the lake it was "
+                         "trained on")
     cfg = cfg.resolved(int(patch_size or 512))
     if reads_sentinel and cfg.tile != patch_size:
         raise UsageError(f"{ck['model_name']} reads the Sentinel-2 pixels under its window, as it was trained: "
                          f"--tile must be its patch size, {patch_size} px (got {cfg.tile})")
+    out = Path(out).resolve()
     if image is not None:
-        params = ck.get("view_params")  # the filter parameters and window of the view it was trained on
-        if reads_sentinel and lake is not None and view:
-            attrs = lk.open_lake(lake, storage_options=storage_options)[f"{schema.VIEWS_GROUP}/{view}"].attrs
-            params = {**attrs["params"], "window": int(attrs.get("window", schema.S2_WINDOW))}
-        if reads_sentinel and sentinel is None:
-            raise UsageError(f"{ck['model_name']} reads Sentinel-2 windows: give --sentinel FOLDER (the super-area's "
-                             "*_data.npy, *_masks.npy, *_products.txt) and --sentinel-grid WEST,NORTH, or map with "
-                             "an aerial-only model (unet)")
-        targets = [Target(Path(image).stem, image=image, sentinel=sentinel,
-                          view_params=tuple(sorted(params.items())) if params else None)]
+        targets = [_image_target(ck, image, sentinel, lake, view, reads_sentinel, storage_options)]
+        if Path(image) in [p.resolve() for p in outputs(out, targets[0].name, True)]:
+            raise UsageError(f"--image {image} is in --out {out} under the name its map would take; map into "
+                             "another folder")
     elif lake is None:
         raise UsageError("give --lake (zones of a lake) or --image (a raster)")
     else:
         targets = lake_targets(lake, split=split, zones=zones, view=view, storage_options=storage_options)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _run(targets, ckpt, out, cfg, {"lake": lake, "provenance": provenance, "band_stats": band_stats},
+                    progress, t_start)
+
+
+def _image_target(ck: dict, image: str, sentinel: SentinelSpec | None, lake: str | None, view: str | None,
+                  reads_sentinel: bool, storage_options: dict | None) -> Target:
+    """Return the target of ``--image``, its super-area checked now (not on a worker)."""
+    params = ck.get("view_params")  # the filter parameters and window of the view it was trained on
+    if reads_sentinel and lake is not None and view:
+        attrs = lk.open_lake(lake, storage_options=storage_options)[f"{schema.VIEWS_GROUP}/{view}"].attrs
+        params = {**attrs["params"], "window": int(attrs.get("window", schema.S2_WINDOW))}
+    if reads_sentinel and sentinel is None:
+        raise UsageError(f"{ck['model_name']} reads Sentinel-2 windows: give --sentinel FOLDER (the super-area's "
+                         "*_data.npy, *_masks.npy, *_products.txt) and --sentinel-grid WEST,NORTH, or map with "
+                         "an aerial-only model (unet)")
+    target = Target(Path(image).stem, image=image, sentinel=sentinel if reads_sentinel else None,
+                    view_params=tuple(sorted(params.items())) if params else None)
+    if reads_sentinel:
+        read_sentinel(sentinel, params)  # a bad folder or missing parameters: one line before anything runs
+    return target
+
+
+def _run(targets: list[Target], ckpt: str, out: Path, cfg: MapConfig, inputs: dict, progress, t_start: float
+         ) -> MapSummary:
+    """Plan every target's blocks, run those not finished, assemble each map when its last block lands."""
     write_qml(out / QML_NAME)
     summary = MapSummary()
     run_id = uuid.uuid4().hex
     fill = np.zeros(schema.N_AERIAL_BANDS, np.uint8)
+    band_stats = json.dumps(inputs["band_stats"])
     plans = {}  # name -> (grid, blocks, folder, tasks left)
     for target in targets:
-        src = target.source(fill, False)  # its grid and warnings; workers open their own
+        src = target.source(fill, target.sentinel is not None)  # its grid and warnings; workers open their own
         summary.warnings.extend(src.warnings)
+        if target.sentinel is not None:
+            summary.warnings.extend(_beyond_area(src, cfg))
         folder = out / JOBS / target.name
         grid_blocks = blocks(src.grid, cfg.block)
-        if prepare(folder, _plan_record(src.grid, cfg, ckpt), target.name, summary.warnings):
+        if prepare(folder, _plan_record(target, src.grid, cfg, ckpt, inputs), target.name, out, summary.warnings):
             summary.skipped += 1
             summary.maps.append(out / f"{target.name}.tif")
             plans[target.name] = (src.grid, grid_blocks, folder, [])
             continue
         todo = [b for b in grid_blocks if not (folder / f"{b.key}.tif").exists()]
         summary.blocks_kept += len(grid_blocks) - len(todo)
-        tasks = [BlockTask(target, b, str(ckpt), cfg, str(folder), json.dumps(band_stats), run_id) for b in todo]
+        tasks = [BlockTask(target, b, ckpt, cfg, str(folder), band_stats, run_id) for b in todo]
         plans[target.name] = (src.grid, grid_blocks, folder, tasks)
     left = {name: len(p[3]) for name, p in plans.items()}
     all_tasks = [t for p in plans.values() for t in p[3]]
@@ -295,15 +385,13 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     done_km2 = total_km2 - sum(plans[t.target.name][0].km2(t.block.pixels) for t in all_tasks)
 
     def finish(name: str) -> None:
-        grid, grid_blocks, folder, _ = plans[name]
-        summary.maps.append(out / f"{name}.tif")
         from flair_lake.maps.write import assemble
 
+        grid, grid_blocks, folder, _ = plans[name]
+        summary.maps.append(out / f"{name}.tif")
         assemble(folder, grid, grid_blocks, out, name, probabilities=cfg.probabilities)
         (folder / "done").write_text(lk.now_iso() + "\n")
-        for f in folder.glob("*.tif"):  # the blocks are in the COG now
-            f.unlink()
-        for f in folder.glob("*.vrt"):
+        for f in [*folder.glob("*.tif"), *folder.glob("*.vrt")]:  # the blocks are in the COG now
             f.unlink()
 
     for name, n in left.items():  # maps whose blocks were all finished by an earlier, killed run
@@ -334,6 +422,20 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     summary.warnings.extend(write_index(out / "index.vrt", [(out / f"{n}.tif", p[0]) for n, p in plans.items()]))
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _beyond_area(src, cfg: MapConfig) -> list[str]:
+    """Return a warning when windows of a raster reach beyond its --sentinel super-area."""
+    w = Windows.over(src.grid, cfg.tile, cfg.overlap, cfg.blend)
+    centres = np.array([[y + cfg.tile / 2, x + cfg.tile / 2] for y in w.ys for x in w.xs], np.float64)
+    area = src.area_
+    x, y = src.grid.centre(centres[:, 0], centres[:, 1])
+    area.moved = 0
+    area.origins(x, y)
+    if not area.moved:
+        return []
+    return [f"{area.moved} of {len(centres)} windows of {src.name} reach beyond the --sentinel super-area and use "
+            "its nearest window instead; check --sentinel-grid (the top-left corner of its 10 m grid)"]
 
 
 def _execute(tasks: list[BlockTask], cfg: MapConfig):

@@ -112,6 +112,48 @@ def test_augmentation_moves_aerial_labels_and_sentinel_together():
     assert len(moved) >= 4  # several different flips and rotations were drawn
 
 
+def test_paper_augmentation_moves_aerial_labels_and_sentinel_by_one_map_in_metres():
+    """Aerial band 0 and Sentinel band 0 hold the x coordinate (metres from the patch centre), band 1 the y;
+    labels are 4 x 4 blocks of a class. After the paper's AUG (flips, resize, shift-scale-rotate), every pixel
+    still shows the coordinates it came from: the patch centre's aerial and Sentinel values agree, and each
+    label block is where its aerial block went."""
+    from flair_lake import schema
+
+    p, b, w = 64, 32, 40
+    res = schema.PATCH_FOOTPRINT_M / p
+    u = (torch.arange(p) + 0.5 - p / 2) * res  # aerial pixel centres, metres
+    v = (torch.arange(w) + 0.5 - w / 2) * schema.S2_PIXEL_M
+    aerial = torch.zeros(b, 5, p, p)
+    aerial[:, 0] = u[None, None, :]
+    aerial[:, 1] = -u[None, :, None]
+    blocks = (torch.arange(p) // 4)
+    label = ((blocks[:, None] * 3 + blocks[None, :]) % 12).repeat(b, 1, 1)
+    aerial[:, 2] = label.float()
+    sen = torch.zeros(b, 1, 10, w, w)
+    sen[:, 0, 0] = v[None, None, :]
+    sen[:, 0, 1] = -v[None, :, None]
+    stats = {"aerial": {"mean": [0.0] * 5, "std": [1.0] * 5}, "sentinel": {"mean": [0.0] * 10, "std": [1.0] * 10}}
+    batch = {"aerial": aerial, "label": label, "sentinel": sen, "pad_mask": torch.zeros(b, 1, dtype=torch.bool)}
+    out = BatchTransform(stats, augment="paper")(batch, generator=torch.Generator().manual_seed(0))
+    c = p // 2
+    aer_xy = out["aerial"][:, :2, c - 1:c + 1, c - 1:c + 1].mean((-1, -2))  # the patch centre's source point
+    sen_xy = out["sentinel"][:, 0, :2, w // 2 - 1:w // 2 + 1, w // 2 - 1:w // 2 + 1].mean((-1, -2))
+    torch.testing.assert_close(aer_xy, sen_xy, atol=0.05, rtol=0)  # the same point, in metres
+    moved = (aer_xy.abs() > 0.5).any(1).sum()
+    assert moved >= b // 3  # shifts were drawn (flips, rotations and zooms keep the centre)
+    inside = out["label"] != schema.IGNORE_LABEL
+    assert (~inside).any() and inside.float().mean() > 0.7  # pixels brought in from outside are ignored
+    # where the label block is uniform around a pixel, the aerial's class band shows the same class
+    lab = out["label"].float()
+    uniform = inside.clone()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            uniform &= torch.roll(lab, (dy, dx), (1, 2)) == lab
+    diff = (out["aerial"][:, 2] - lab).abs()[uniform]
+    assert (diff < 0.5).float().mean() > 0.99  # (bilinear can still reach across a block edge when zoomed out)
+    assert (diff < 1e-3).float().mean() > 0.9
+
+
 def test_padding_masks(viewed_lake):
     root = zarr.open_group(viewed_lake, mode="r")
     report = root["views/cloud0.6-prob60-union-monthly-mean"].attrs["report"]

@@ -235,6 +235,9 @@ def test_errors_are_one_line(monthly_lake, ckpts, tmp_path):
         (["--ckpt", ckpts["unet"], "--lake", monthly_lake, "--zones", "D999_2020-Z1_AA"], "unknown zone"),
         (["--ckpt", ckpts["unet"], "--lake", monthly_lake, "--sentinel", tmp_path], "go together"),
         (["--ckpt", ckpts["unet"], "--image", ckpts["utt"]], "not a raster"),
+        (["--ckpt", ckpts["unet"], "--lake", monthly_lake, "--zones", "D015_2020-Z1_NN", "--split", "val"],
+         "give one of them"),
+        (["--ckpt", ckpts["unet"], "--image", ckpts["utt"], "--split", "val"], "--image maps one raster"),
     ]
     for args, text in cases:
         res = cli("map", *args, "--out", tmp_path / "m")
@@ -243,6 +246,31 @@ def test_errors_are_one_line(monthly_lake, ckpts, tmp_path):
         assert len(res.output.strip().splitlines()) == 1, res.output
     res = cli("evaluate", "--lake", monthly_lake)
     assert res.exit_code == 2 and "--ckpt" in res.output and "--map" in res.output
+
+
+def test_one_run_per_output_folder_and_no_stale_files(monthly_lake, ckpts, tmp_path):
+    """A second map run into a folder another one is writing is refused (exit 6); a map started again (other
+    options) loses its old files first; a finished map whose file was deleted is made again."""
+    import fcntl
+
+    zone = "D015_2020-Z1_NN"
+    out = tmp_path / "maps"
+    args = ["map", "--ckpt", ckpts["unet"], "--lake", monthly_lake, "--zones", zone, "--out", out]
+    ok(*args, "--probabilities")
+    assert (out / f"{zone}_prob.tif").exists()
+    with open(out / ".jobs" / "lock", "a+") as fh:  # another run holds the folder
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = cli(*args)
+        assert res.exit_code == 6 and "being written by another flair-lake map" in res.output, res.output
+    changed = ok(*args)  # without --probabilities: another plan
+    assert "computed again" in changed and not (out / f"{zone}_prob.tif").exists()
+    before = (out / f"{zone}.tif").read_bytes()
+    (out / f"{zone}.tif").unlink()
+    again = ok(*args)
+    assert "files in the output folder are gone" in again and (out / f"{zone}.tif").read_bytes() == before
+    assert "1 already finished" in ok(*args)
+    res = cli("map", "--ckpt", ckpts["unet"], "--image", out / f"{zone}.tif", "--out", out)
+    assert res.exit_code == 2 and "another folder" in res.output, res.output
 
 
 # --- rasters --------------------------------------------------------------------------------------------------
@@ -349,7 +377,8 @@ main(sys.argv[4:], prog_name="flair-lake")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", [("pipelines.maps", "run_block", 11),  # 10 blocks: 2 maps and half a third
-                                  ("flair_lake.maps.write", "assemble", 3)])  # 2 maps, the third's blocks
+                                  ("flair_lake.maps.write", "assemble", 3),  # 2 maps, the third's blocks
+                                  ("rio_cogeo.cogeo", "copy", 5)])  # inside the 3rd map's COG: its temp file
 def test_a_killed_map_resumes_to_the_same_files(monthly_lake, ckpts, tmp_path, kill):
     """SIGKILL in the middle of a run, then the same command: finished maps and blocks are kept, and the files
     are byte-identical to an uninterrupted run's; a third run does nothing; another plan starts again."""
@@ -372,6 +401,7 @@ def test_a_killed_map_resumes_to_the_same_files(monthly_lake, ckpts, tmp_path, k
     assert "(2 already finished" in res.stdout
     kept = 2 if kill[1] == "run_block" else 4
     assert f"{kept} block(s) kept from an earlier run" in res.stdout
+    assert not list((tmp_path / "run").rglob("*.partial")) and not list((tmp_path / "run").rglob("tmp*"))
     assert _files(tmp_path / "run") == _files(tmp_path / "ref")
     again = ok(*args, "--out", tmp_path / "run")
     assert "(8 already finished" in again and ": 0 windows" in again

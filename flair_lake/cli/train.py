@@ -55,7 +55,10 @@ def checkpoint_options(fn):
               help="Run folder: checkpoints, log.csv, metrics.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly where it stopped.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--no-augment", is_flag=True, help="No flips or rotations.")
+@click.option("--augment", type=click.Choice(config.AUGMENTS), default=D.augment, show_default=True,
+              help="dihedral: flips and 90-degree rotations; paper: the datapaper's AUG (flips, random resize, random "
+              "affine); none.")
+@click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--metadata", is_flag=True, help="Feed the encoded aerial metadata (the paper's +MTD).")
 @click.option("--encoder-weights", type=click.Path(dir_okay=False, exists=True),
               help="Local ResNet34 state dict (ImageNet weights cannot be downloaded here); default random init.")
@@ -66,7 +69,7 @@ def checkpoint_options(fn):
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
 @click.option("--no-eval", is_flag=True, help="Skip the final evaluation of the best checkpoint.")
 def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, workers, out, resume, seed,
-          no_augment, metadata, encoder_weights, baseline_quirks, train_split, val_split, max_batches, device,
+          augment, no_augment, metadata, encoder_weights, baseline_quirks, train_split, val_split, max_batches, device,
           no_eval):
     """Train a model on LAKE and evaluate its best checkpoint with the official mIoU.
 
@@ -84,7 +87,7 @@ def train(lake, view, model, epochs, patience, batch_size, lr, optimizer, amp, w
     logging.basicConfig(level=logging.WARNING)  # run alone (train/fit.py, torchrun): the group's setup is absent
     cfg = config.TrainConfig(lake=lake, view=view, model=model, epochs=epochs, patience=patience,
                              batch_size=batch_size, lr=lr, optimizer=optimizer, amp=amp, workers=workers, out=out,
-                             resume=resume, seed=seed, augment=not no_augment, metadata=metadata,
+                             resume=resume, seed=seed, augment="none" if no_augment else augment, metadata=metadata,
                              encoder_weights=encoder_weights, baseline_quirks=baseline_quirks,
                              train_split=train_split, val_split=val_split, max_batches=max_batches, device=device)
     summary = fit(cfg)

@@ -220,10 +220,7 @@ class LakeDataset(torch.utils.data.Dataset):
         count, days = arrays["month_count"][rows], arrays["month_days"][rows].astype(np.int64)
         sen, pad = got["monthly"], count == 0
         if self.skip_empty:
-            order = np.argsort(pad, axis=1, kind="stable")[:, :max(1, int((~pad).sum(1).max(initial=0)))]
-            b = np.arange(len(rows))[:, None]  # (patch, month) pairs: whole 10 x W x W blocks are gathered
-            pad, days, sen = pad[b, order], days[b, order], sen[b, order]
-            days[pad], sen[pad] = 0, 0
+            pad, days, sen = clear_months_first(pad, days, sen)
         sen = sen if self.compact else sen.astype(np.float32)
         idx = np.asarray(indices, dtype=np.int64)
         batch = {
@@ -237,6 +234,18 @@ class LakeDataset(torch.utils.data.Dataset):
             "row": torch.tensor(rows, dtype=torch.int64),
         }
         return Batch(batch)
+
+
+def clear_months_first(pad: np.ndarray, days: np.ndarray, sen: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (pad, days, sentinel) of a batch of monthly series with each series' clear months moved to the
+    front, in order, and the month axis cut to the batch's longest (at least 1); what lies beyond a series' own
+    months is zero and masked (the baseline's T' <= 12, ``skip_empty_months``)."""
+    order = np.argsort(pad, axis=1, kind="stable")[:, :max(1, int((~pad).sum(1).max(initial=0)))]
+    b = np.arange(len(pad))[:, None]  # (patch, month) pairs: whole 10 x W x W blocks are gathered
+    pad, days, sen = pad[b, order], days[b, order], sen[b, order]
+    days[pad], sen[pad] = 0, 0
+    return pad, days, sen
 
 
 class Batch(list):
@@ -274,4 +283,4 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-__all__ = ["Batch", "LakeDataset", "collate", "select_rows"]
+__all__ = ["Batch", "LakeDataset", "clear_months_first", "collate", "select_rows"]

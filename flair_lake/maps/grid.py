@@ -1,13 +1,14 @@
 """The geometry of a map: its pixel grid, the inference windows over it, their blending weights, and the blocks
 (the job grid) it is computed in.
 
-Windows start every ``tile - overlap`` pixels from the grid's top-left corner; the last window of a row or
-column is moved back to end on the grid's edge, so that no window reaches past it (a grid smaller than a tile
-gets one window, padded). Weights are separable: each axis ramps up over the pixels a window shares with its
-predecessor and down over those it shares with its successor, and never ramps on the grid's edge.
-``linear`` and ``cosine`` ramps are partitions of unity (t + (1 - t) = 1, sin^2 + cos^2 = 1), so two overlapping
-windows' weights sum to 1 on every pixel; the blender still divides by the weight sum, which makes every
-output a convex combination of the windows' probabilities whatever the overlap. ``none`` gives each pixel to
+Along each axis, the fewest windows that overlap by at least ``overlap`` pixels are spread evenly from the
+grid's first pixel to its last, so that no window reaches past the edge (a grid smaller than a tile gets one
+window, padded); with ``overlap`` 0 on a grid of whole tiles they are the tiles. Weights are separable: each
+axis ramps up over the pixels a window shares with its predecessor and down over those it shares with its
+successor, and never ramps on the grid's edge. ``linear`` and ``cosine`` ramps are partitions of unity
+(t + (1 - t) = 1, sin^2 + cos^2 = 1), so where two windows overlap their weights sum to 1; where three meet (an
+overlap above half the tile) the blender's division by the weight sum still makes every output a convex
+combination of the windows' probabilities. ``none`` gives each pixel to
 the window whose centre is nearest (FLAIR-HUB's cropped margins), weight 1, others 0.
 """
 
@@ -31,7 +32,7 @@ class PixelGrid:
     res: float
     height: int
     width: int
-    epsg: int | None
+    crs: str | None  # as rasterio.crs.CRS.from_user_input reads it: "EPSG:2154", or WKT
 
     @property
     def transform(self):
@@ -52,12 +53,10 @@ class PixelGrid:
 
 def window_starts(length: int, tile: int, overlap: int) -> np.ndarray:
     """Return the start of every window along an axis of ``length`` pixels (int64, increasing)."""
-    stride = tile - overlap
     if length <= tile:
         return np.zeros(1, np.int64)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return np.unique(np.array(starts, np.int64))
+    n = 1 + math.ceil((length - tile) / (tile - overlap))  # gaps of at most the stride
+    return np.unique(np.rint(np.linspace(0, length - tile, n)).astype(np.int64))
 
 
 def _ramp(t: np.ndarray, blend: str) -> np.ndarray:

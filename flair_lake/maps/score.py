@@ -14,6 +14,7 @@ from flair_lake import lake as lk
 from flair_lake import schema
 from flair_lake import zarr_compat as zc
 from flair_lake.errors import UsageError
+from flair_lake.maps.grid import snap
 from flair_lake.maps.infer import NODATA
 
 
@@ -25,7 +26,7 @@ def score_maps(folder: str | Path, lake: str, *, split="test", storage_options: 
     """
     import rasterio
     from affine import Affine
-    from rasterio.windows import from_bounds
+    from rasterio.windows import Window
 
     from flair_lake.loader.dataset import select_rows
     from flair_lake.training.loop import iou_table
@@ -51,11 +52,12 @@ def score_maps(folder: str | Path, lake: str, *, split="test", storage_options: 
         labels = np.empty((len(members), size, size), np.uint8)
         zc.read_rows([root["label"]], [int(r) for r in members], [labels])
         with rasterio.open(path) as ds:
+            m = ds.transform
             for k, r in enumerate(members):
                 t = Affine.from_gdal(*cols["transform"][r])
-                bounds = (t.c, t.f + t.e * size, t.c + t.a * size, t.f)
-                win = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
-                pred = ds.read(1, window=win, boundless=True, fill_value=NODATA)
+                # the patch's pixel offset in the map, to the nearest pixel as the map placed it
+                col, row = snap(t.c - m.c, m.a)[0], snap(m.f - t.f, m.a)[0]
+                pred = ds.read(1, window=Window(col, row, size, size), boundless=True, fill_value=NODATA)
                 truth = schema.to_train_classes(labels[k])
                 ok = (pred != NODATA) & (truth != schema.IGNORE_LABEL)
                 nodata += int((pred == NODATA).sum())

@@ -20,6 +20,7 @@ from flair_lake import schema, storage
 from flair_lake import zarr_compat as zc
 from flair_lake.config import FilterConfig
 from flair_lake.errors import LakeStateError, UsageError
+from flair_lake.loader.dataset import clear_months_first
 from flair_lake.maps.grid import PixelGrid, snap
 from flair_lake.stages.clouds import keep_dates, window_cover
 from flair_lake.stages.composite import composite_windows, month_day_offsets
@@ -42,8 +43,9 @@ def zone_grid(transforms: np.ndarray, epsg: np.ndarray, size: int, name: str
         raise LakeStateError(f"zone {name}: patches are not north-up with square pixels; only such patches "
                              "can be mosaicked")
     if not np.allclose(res, res[0], rtol=1e-9, atol=0) or len(set(epsg.tolist())) > 1:
-        raise LakeStateError(f"zone {name}: patches differ in pixel size ({res.min():g}-{res.max():g} m) or CRS "
-                             f"({sorted(set(epsg.tolist()))}); map them separately with --zones")
+        raise LakeStateError(f"zone {name}: its patches differ in pixel size ({res.min():g}-{res.max():g} m) or CRS "
+                             f"({sorted(set(epsg.tolist()))}); they cannot share one map: warp them to one grid "
+                             "(gdalwarp) and ingest them again")
     r = float(res[0])
     west, north = float(t[:, 0].min()), float(t[:, 3].max())
     cols = [snap(x - west, r) for x in t[:, 0]]
@@ -55,7 +57,7 @@ def zone_grid(transforms: np.ndarray, epsg: np.ndarray, size: int, name: str
         warnings.append(f"zone {name}: some patches are off the zone's pixel grid by up to {worst:.3f} px; they "
                         "are mapped at the nearest pixel")
     grid = PixelGrid(west, north, r, int(offsets[:, 0].max()) + size, int(offsets[:, 1].max()) + size,
-                     int(epsg[0]) or None)
+                     f"EPSG:{int(epsg[0])}" if int(epsg[0]) else None)
     return grid, offsets, warnings
 
 
@@ -97,15 +99,19 @@ class SentinelArea:
     params: FilterConfig
     window: int
     year: int
+    moved: int = 0  # windows moved to stay inside the area (reported once by the caller)
 
     def origins(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Return (n, 2) top-left (row, col) of the windows centred on the points (x, y), kept inside the area."""
+        """Return (n, 2) top-left (row, col) of the windows centred on the points (x, y), kept inside the area
+        (:attr:`moved` counts the windows that had to move)."""
         half = self.window // 2
         px = schema.S2_PIXEL_M
         rows = np.floor((self.north - np.asarray(y)) / px).astype(np.int64) - half
         cols = np.floor((np.asarray(x) - self.west) / px).astype(np.int64) - half
         h, w = self.masks.shape[-2:]
-        return np.stack([np.clip(rows, 0, max(h - self.window, 0)), np.clip(cols, 0, max(w - self.window, 0))], 1)
+        out = np.stack([np.clip(rows, 0, max(h - self.window, 0)), np.clip(cols, 0, max(w - self.window, 0))], 1)
+        self.moved += int((out != np.stack([rows, cols], 1)).any(1).sum())
+        return out
 
     def series(self, origins: np.ndarray) -> dict[str, np.ndarray]:
         """Return the model's Sentinel-2 inputs of windows at ``origins``, as a view gives them for a patch there:
@@ -123,6 +129,8 @@ class SentinelArea:
             pad = counts == 0
             cube[pad] = 0
             days = np.broadcast_to(month_day_offsets(p.ref_year or self.year).astype(np.int64), pad.shape).copy()
+            if p.skip_empty_months:  # as the loader serves such a view
+                pad, days, cube = clear_months_first(pad, days, cube)
             return {"sentinel": cube.astype(np.float32), "dates": days, "pad_mask": pad}
         t = max(int(keep.sum(1).max(initial=0)), 1)
         sen = np.zeros((n, t, schema.N_S2_BANDS, w, w), np.float32)
@@ -232,7 +240,11 @@ class ZoneSource:
         """Return the zone's super-area (read once) with the view's filter parameters."""
         if self._area is None:
             root = lk.open_lake(self.lake, storage_options=self.storage_options)
-            attrs = root[f"{schema.VIEWS_GROUP}/{self.view}"].attrs
+            group = root.get(f"{schema.VIEWS_GROUP}/{self.view}")
+            if group is None:  # collected since the run resolved it (config.VIEW_RETAIN_S)
+                raise LakeStateError(f"view generation {self.view} of {self.lake} was collected after it was "
+                                     "replaced; run the same command again (it maps with the view's current one)")
+            attrs = group.attrs
             params = FilterConfig.from_params(attrs["params"])
             g = root[f"{schema.SENTINEL_GROUP}/{self.name}"]
             c = self.cols
@@ -296,8 +308,8 @@ class RasterSource:
         if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e, rel_tol=1e-9):
             raise UsageError(f"--image {path} is not north-up with square pixels; warp it first "
                              "(gdalwarp -tr R R)")
-        epsg = self.ds.crs.to_epsg() if self.ds.crs else None
-        self.grid = PixelGrid(t.c, t.f, t.a, self.ds.height, self.ds.width, epsg)
+        crs = self.ds.crs.to_string() if self.ds.crs else None  # "EPSG:2154", or the WKT of a CRS without a code
+        self.grid = PixelGrid(t.c, t.f, t.a, self.ds.height, self.ds.width, crs)
         self.name = _stem(path)
         self.fill = np.asarray(fill, np.uint8)
         self.area_ = sentinel

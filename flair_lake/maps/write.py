@@ -47,7 +47,7 @@ def block_profile(grid: PixelGrid, block: Block, bands: int) -> dict:
     from rasterio.crs import CRS
 
     return {"driver": "GTiff", "width": block.c1 - block.c0, "height": block.r1 - block.r0, "count": bands,
-            "dtype": "uint8", "compress": "lzw", "crs": CRS.from_epsg(grid.epsg) if grid.epsg else None,
+            "dtype": "uint8", "compress": "lzw", "crs": CRS.from_user_input(grid.crs) if grid.crs else None,
             "transform": grid.transform @ grid.transform.translation(block.c0, block.r0)}
 
 
@@ -99,7 +99,7 @@ def write_vrt(path: Path, grid: PixelGrid, bands: list[list[VrtSource]], *, noda
     """Write a VRT of ``grid`` whose band k mosaics ``bands[k]`` (paths relative to the VRT when below it)."""
     from rasterio.crs import CRS
 
-    srs = escape(CRS.from_epsg(grid.epsg).to_wkt()) if grid.epsg else ""
+    srs = escape(CRS.from_user_input(grid.crs).to_wkt()) if grid.crs else ""
     lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
              f"  <SRS>{srs}</SRS>" if srs else "",
              f"  <GeoTransform>{grid.west!r}, {grid.res!r}, 0, {grid.north!r}, 0, {-grid.res!r}</GeoTransform>"]
@@ -125,7 +125,7 @@ def write_vrt(path: Path, grid: PixelGrid, bands: list[list[VrtSource]], *, noda
                       "    </SimpleSource>"]
         lines.append("  </VRTRasterBand>")
     lines.append("</VRTDataset>")
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     tmp.write_text("\n".join(x for x in lines if x) + "\n")
     os.replace(tmp, path)
 
@@ -152,9 +152,11 @@ def assemble(folder: Path, grid: PixelGrid, blocks: list[Block], out: Path, name
         vrt = folder / f"{Path(file).stem}.vrt"
         write_vrt(vrt, grid, [sources(b) for b in band_ids], nodata=nodata, descriptions=descriptions,
                   colours=class_colours() if styled else None)
-        tmp = out / f".{file}.partial"
+        # written in the job folder (rio-cogeo's temporary file goes beside it: a kill leaves both there, where
+        # the next run clears them), then renamed into OUT
+        tmp = folder / f"{file}.partial"
         cog_translate(str(vrt), str(tmp), dict(profile), nodata=nodata, overview_resampling=resampling,
-                      resampling="nearest", in_memory=False, quiet=True,
+                      resampling="nearest", in_memory=False, quiet=True, allow_intermediate_compression=True,
                       colormap=class_colours() if styled else None,
                       additional_cog_metadata=class_metadata() if styled else {"PRODUCER": "flair-lake map"})
         os.replace(tmp, out / file)
@@ -196,7 +198,7 @@ def write_qml(path: Path) -> Path:
 </qgis>
 """
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(path.name + ".partial")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
         tmp.write_text(text)
         os.replace(tmp, path)
     return path
@@ -208,7 +210,7 @@ def write_index(path: Path, maps: list[tuple[Path, PixelGrid]]) -> list[str]:
     if not maps:
         return []
     first = maps[0][1]
-    same = [(p, g) for p, g in maps if g.epsg == first.epsg and np.isclose(g.res, first.res, rtol=1e-9)]
+    same = [(p, g) for p, g in maps if g.crs == first.crs and np.isclose(g.res, first.res, rtol=1e-9)]
     warnings = [f"{p.name} is not in index.vrt: its CRS or pixel size differs from {maps[0][0].name}'s"
                 for p, g in maps if (p, g) not in same]
     west = min(g.west for _, g in same)
@@ -217,7 +219,7 @@ def write_index(path: Path, maps: list[tuple[Path, PixelGrid]]) -> list[str]:
     south = min(g.north - g.height * g.res for _, g in same)
     res = first.res
     union = PixelGrid(west, north, res, int(np.ceil((north - south) / res - 1e-6)),
-                      int(np.ceil((east - west) / res - 1e-6)), first.epsg)
+                      int(np.ceil((east - west) / res - 1e-6)), first.crs)
     srcs = [VrtSource(p, 1, (g.west - west) / res, (north - g.north) / res, g.width, g.height) for p, g in same]
     write_vrt(path, union, [srcs], nodata=NODATA, descriptions=["land-cover class (FLAIR #2, 13 classes)"],
               colours=class_colours())

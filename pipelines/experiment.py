@@ -1,0 +1,208 @@
+"""``flair-lake experiment``: a plan's variants x seeds, each one training run, then the tables.
+
+1. **Views.** Each variant's filter view is built if the lake lacks it, through ``filter``'s own code and lock
+   (one writer at a time; ``wait``: behind another writer).
+2. **Runs.** Each (variant, seed) trains into ``OUT/runs/<variant>/seed<k>/`` and is evaluated on the test
+   split; ``result.json`` (written last, atomically) marks it finished. A rerun skips finished runs and resumes
+   an interrupted one from its ``last.pt``. A failed run is recorded (``failed.json``) and reported; the others go
+   on. Runs go one after the other in this process, or in parallel on a Dask cluster (``--scheduler``): on
+   workers that declare a ``GPU`` resource (``dask worker ... --resources GPU=1``, one worker per GPU), one run
+   per GPU at a time.
+3. **Reports.** The tables of :mod:`flair_lake.experiments.report` from every finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flair_lake import lake as lk
+from flair_lake.errors import EXIT_OK, EXIT_PARTIAL, Interrupted
+from flair_lake.experiments.plan import Plan, Variant, variant_record
+from flair_lake.experiments.report import read_results, write_reports
+
+log = logging.getLogger(__name__)
+GPU = "GPU"  # the Dask worker resource that marks one GPU
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an experiment: what a (possibly remote) worker needs."""
+
+    variant: Variant
+    seed: int
+    lake: str
+    view: str | None
+    folder: str
+    epochs: int | None = None
+    device: str | None = None
+
+
+@dataclass
+class ExperimentSummary:
+    """What an experiment did."""
+
+    plan: str
+    runs: int = 0
+    finished: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    views_built: list[str] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed else EXIT_OK
+
+    def lines(self) -> list[str]:
+        out = [f"note: {n}" for n in self.notes]
+        out += [f"failed: {f}" for f in self.failed]
+        out.append(f"{self.plan}: {self.finished} run(s) trained, {self.skipped} already finished, "
+                   f"{len(self.failed)} failed, of {self.runs}; views built: {', '.join(self.views_built) or 'none'}; "
+                   f"{self.seconds:.0f} s")
+        out += [f"wrote {p}" for p in self.reports]
+        return out
+
+
+def run_one(spec: RunSpec) -> dict:
+    """Train and evaluate one run (or return its record when finished); write ``result.json`` last."""
+    from flair_lake.config import TrainConfig
+    from flair_lake.training.evaluate import evaluate
+    from flair_lake.training.loop import fit
+
+    folder = Path(spec.folder)
+    result = folder / "result.json"
+    if result.exists():
+        return {**json.loads(result.read_text()), "skipped": True}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "failed.json").unlink(missing_ok=True)
+    flags = spec.variant.train_flags()
+    if spec.epochs is not None:
+        flags["epochs"] = spec.epochs
+    if _in_dask_worker():
+        flags["workers"] = 0  # a Dask worker process may not start DataLoader processes
+    t0 = time.perf_counter()
+    cfg = TrainConfig(lake=spec.lake, view=spec.view, seed=spec.seed, out=str(folder),
+                      resume=(folder / "last.pt").exists(), device=spec.device, **flags)
+    summary = fit(cfg, progress=False)
+    res = evaluate(folder / "best.pt", spec.lake, split="test", out_dir=folder, examples=0,
+                   workers=flags.get("workers"), device=spec.device)
+    record = {"variant": variant_record(spec.variant), "seed": spec.seed, "miou": res["miou"],
+              "per_class_iou": res["per_class_iou"], "best_epoch": summary["best_epoch"],
+              "epochs_run": summary["epochs_run"], "parameters": summary["parameters"], "view": res["view"],
+              "test_patches": res["patches"], "seconds": round(time.perf_counter() - t0, 1)}
+    tmp = folder / "result.json.partial"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, result)
+    return record
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def build_views(plan: Plan, lake: str, summary: ExperimentSummary) -> dict[str, str | None]:
+    """Build the view of every variant that reads Sentinel-2 and lacks one; return variant name -> view name."""
+    from pipelines.filter import run_filter
+
+    views: dict[str, str | None] = {}
+    built: dict = {}
+    for v in plan.variants:
+        cfg = v.filter_config()
+        if cfg is None:
+            views[v.name] = None
+            continue
+        cfg = cfg.normalized()
+        if cfg not in built:
+            res = run_filter(lake, cfg, wait=True, progress=False)
+            built[cfg] = res.view
+            if not res.up_to_date:
+                summary.views_built.append(res.view)
+        views[v.name] = built[cfg]
+    return views
+
+
+def run_experiment(plan: Plan, lake: str, out: str | Path, *, seeds: int = 5, epochs: int | None = None,
+                   scheduler: str | None = None, device: str | None = None) -> ExperimentSummary:
+    """Run ``plan`` on ``lake`` into ``out``: views, runs (skipping finished ones), then the reports."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    lk.open_lake(lake)  # one line now when it is not there
+    summary = ExperimentSummary(plan.name)
+    views = build_views(plan, lake, summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps({"plan": plan.name, "lake": str(lake), "seeds": seeds,
+                                               "epochs": epochs, "views": views,
+                                               "variants": [variant_record(v) for v in plan.variants]}, indent=1))
+    specs = [RunSpec(v, seed, lake, views[v.name], str(out / "runs" / v.slug / f"seed{seed}"), epochs, device)
+             for v in plan.variants for seed in range(seeds)]
+    summary.runs = len(specs)
+    try:
+        for spec, outcome in _execute(specs, scheduler, summary):
+            if isinstance(outcome, BaseException):
+                line = f"{spec.variant.name} seed {spec.seed}: {_one_line(outcome)}"
+                summary.failed.append(line)
+                Path(spec.folder).mkdir(parents=True, exist_ok=True)
+                (Path(spec.folder) / "failed.json").write_text(json.dumps({"error": line}))
+            elif outcome.get("skipped"):
+                summary.skipped += 1
+            else:
+                summary.finished += 1
+                print(f"{spec.variant.name} seed {spec.seed}: test mIoU {outcome['miou']:.4f} "
+                      f"(best epoch {outcome['best_epoch']}, {outcome['seconds']:.0f} s)", flush=True)
+    except KeyboardInterrupt as exc:
+        raise Interrupted.of(exc, landed=f"{summary.finished + summary.skipped} of {len(specs)} run(s) are finished "
+                             f"in {out / 'runs'} and kept (an interrupted run resumes from its last.pt)") from None
+    finally:
+        summary.seconds = time.perf_counter() - t0
+    source = (f"lake {Path(lake).name}, {seeds} seed(s)" + (f", {epochs} epoch(s)" if epochs else ""))
+    summary.reports = write_reports(plan, read_results(out, plan), out, source=source)
+    return summary
+
+
+def _one_line(exc: BaseException) -> str:
+    from flair_lake.cli.failures import describe
+
+    return describe(exc)[0]
+
+
+def _execute(specs: list[RunSpec], scheduler: str | None, summary: ExperimentSummary):
+    """Yield (spec, record or exception) per run: in this process, or on a Dask scheduler's workers."""
+    if scheduler is None:
+        for spec in specs:
+            try:
+                yield spec, run_one(spec)
+            except Exception as exc:  # noqa: BLE001 - a failed run is reported; the others go on
+                log.debug("run failed", exc_info=True)
+                yield spec, exc
+        return
+    from distributed import as_completed
+
+    from pipelines.cluster import dask_client
+
+    with dask_client(scheduler) as client:
+        info = client.scheduler_info()["workers"].values()
+        gpus = sum(w.get("resources", {}).get(GPU, 0) for w in info)
+        resources = {GPU: 1} if gpus else None
+        summary.notes.append(f"{len(info)} Dask worker(s), {gpus:g} declaring a {GPU} resource: "
+                             + ("one run per GPU at a time" if gpus else "runs on the workers' CPUs"))
+        futures = {client.submit(run_one, spec, pure=False, resources=resources, key=f"run-{i}-{spec.seed}"): spec
+                   for i, spec in enumerate(specs)}
+        for fut in as_completed(futures):
+            spec = futures[fut]
+            try:
+                yield spec, fut.result()
+            except Exception as exc:  # noqa: BLE001
+                yield spec, exc
