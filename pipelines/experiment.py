@@ -85,7 +85,8 @@ def run_one(spec: RunSpec) -> dict:
     flags = spec.variant.train_flags()
     if spec.epochs is not None:
         flags["epochs"] = spec.epochs
-    if _in_dask_worker():
+    worker = _dask_worker()
+    if worker:
         flags["workers"] = 0  # a Dask worker process may not start DataLoader processes
     t0 = time.perf_counter()
     cfg = TrainConfig(lake=spec.lake, view=spec.view, seed=spec.seed, out=str(folder),
@@ -96,21 +97,21 @@ def run_one(spec: RunSpec) -> dict:
     record = {"variant": variant_record(spec.variant), "seed": spec.seed, "miou": res["miou"],
               "per_class_iou": res["per_class_iou"], "best_epoch": summary["best_epoch"],
               "epochs_run": summary["epochs_run"], "parameters": summary["parameters"], "view": res["view"],
-              "test_patches": res["patches"], "seconds": round(time.perf_counter() - t0, 1)}
+              "test_patches": res["patches"], "seconds": round(time.perf_counter() - t0, 1), "dask_worker": worker}
     tmp = folder / "result.json.partial"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, result)
     return record
 
 
-def _in_dask_worker() -> bool:
+def _dask_worker() -> str | None:
+    """Return the address of the Dask worker running this, None outside one."""
     try:
         from distributed import get_worker
 
-        get_worker()
-        return True
+        return get_worker().address
     except (ImportError, ValueError):
-        return False
+        return None
 
 
 def build_views(plan: Plan, lake: str, summary: ExperimentSummary) -> dict[str, str | None]:

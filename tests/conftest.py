@@ -56,9 +56,8 @@ def monthly_lake(lake, tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def cluster(tmp_path):
-    """Start a scheduler and two single-threaded workers; yield (address, worker processes)."""
+def start_cluster(tmp_path, *worker_args: str):
+    """Start a scheduler and two single-threaded workers (with ``worker_args``); yield (address, workers)."""
     from distributed import Client
 
     sched_file = tmp_path / "scheduler.json"
@@ -70,7 +69,7 @@ def cluster(tmp_path):
     while not sched_file.exists() and time.time() < deadline:
         time.sleep(0.1)
     workers = [subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--nthreads",
-                                 "1", "--no-dashboard", "--no-nanny", "--host", "127.0.0.1"],
+                                 "1", "--no-dashboard", "--no-nanny", "--host", "127.0.0.1", *worker_args],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True) for _ in range(2)]
     procs += workers
@@ -88,6 +87,18 @@ def cluster(tmp_path):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """A real `dask scheduler` and two single-threaded `dask worker`s on loopback: (address, workers)."""
+    yield from start_cluster(tmp_path)
+
+
+@pytest.fixture()
+def gpu_cluster(tmp_path):
+    """The same, each worker declaring one GPU (``--resources GPU=1``; a label here: the runs use the CPU)."""
+    yield from start_cluster(tmp_path, "--resources", "GPU=1")
 
 
 def pytest_collection_modifyitems(config, items):
