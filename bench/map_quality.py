@@ -67,7 +67,7 @@ def picture(path: Path, zone: str, panels: list[tuple[str, np.ndarray]], size: i
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"synthetic zone {zone} (dotted: patch borders)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -12,7 +12,7 @@ import signal
 EXIT_OK = 0
 EXIT_ERROR = 1  # bad input or lake state: the message names the file, the folder or the lake and the fix
 EXIT_USAGE = 2  # the command line: an option out of range, a bad name, an output that cannot be written
-EXIT_PARTIAL = 3  # ingest: some patches were quarantined, the rest landed
+EXIT_PARTIAL = 3  # ingest: some patches were quarantined, the rest landed; experiment: some runs failed
 EXIT_INVALID = 4  # validate: problems found (one line each), or some need a manual repair
 EXIT_SYSTEM = 5  # the system refused: disk full, read-only, permission, a path gone, a store or scheduler away
 EXIT_BUSY = 6  # another writer holds the lake (flair_lake/lock.py): run again when it is done, or --wait
@@ -23,11 +23,13 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_ERROR: "bad input or lake state (the line names what and where, and the fix)",
     EXIT_USAGE: "bad command line (an option out of range, a bad name, an unwritable output)",
-    EXIT_PARTIAL: "ingest: partial; some patches were quarantined (listed), the rest landed",
+    EXIT_PARTIAL: "partial: ingest quarantined some patches (listed), the rest landed; experiment: some runs failed "
+                  "(listed), the others finished",
     EXIT_INVALID: "validate: problems found (one line each with its repair)",
     EXIT_SYSTEM: "the system refused: disk full, read-only or permission denied, a path vanished, an object "
                  "store or Dask scheduler unreachable; fix it and run the same command again",
-    EXIT_BUSY: "another writer holds the lake (the line names it); run again when it has finished, or add --wait",
+    EXIT_BUSY: "another writer holds the lake or the output folder (the line names it); run again when it has "
+               "finished, or add --wait (lakes)",
     EXIT_INTERNAL: "internal error (a bug): rerun with -v and report the traceback",
     EXIT_SIGNAL_BASE + signal.SIGINT: "interrupted by Ctrl-C (SIGINT); what finished is kept, the same command "
                                       "resumes",

@@ -203,7 +203,8 @@ def map_cmd(ckpt, lake, split, zones, view, image, sentinel_folder, sentinel_gri
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of every run [default: the trainer's, or the plan's].")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
-@scheduler_option
+@click.option("--scheduler", help="Address of a Dask scheduler (tcp://host:port): runs go to its workers, one per "
+              "GPU on workers started with --resources GPU=1 [default: one after another in this process].")
 def experiment_cmd(plan, lake, out, seeds, epochs, device, scheduler):
     """Train every variant of PLAN with several seeds and report the tables, mean ± std over seeds.
 

@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flair_lake import lake as lk
-from flair_lake.errors import EXIT_OK, EXIT_PARTIAL, Interrupted
+from flair_lake.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Interrupted, LakeStateError, UsageError
 from flair_lake.experiments.plan import Plan, Variant, variant_record
 from flair_lake.experiments.report import read_results, write_reports
+from flair_lake.locations import output_lock
 
 log = logging.getLogger(__name__)
 GPU = "GPU"  # the Dask worker resource that marks one GPU
@@ -58,7 +62,9 @@ class ExperimentSummary:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else EXIT_OK
+        if not self.failed:
+            return EXIT_OK
+        return EXIT_PARTIAL if self.finished + self.skipped else EXIT_ERROR
 
     def lines(self) -> list[str]:
         out = [f"note: {n}" for n in self.notes]
@@ -82,6 +88,7 @@ def run_one(spec: RunSpec) -> dict:
         return {**json.loads(result.read_text()), "skipped": True}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "failed.json").unlink(missing_ok=True)
+    (folder / "spec.json").write_text(json.dumps(spec_record(spec), indent=1))
     flags = spec.variant.train_flags()
     if spec.epochs is not None:
         flags["epochs"] = spec.epochs
@@ -94,6 +101,9 @@ def run_one(spec: RunSpec) -> dict:
     summary = fit(cfg, progress=False)
     res = evaluate(folder / "best.pt", spec.lake, split="test", out_dir=folder, examples=0,
                    workers=flags.get("workers"), device=spec.device)
+    if not res["labelled"]:
+        raise LakeStateError(f"the test split of {spec.lake} has no labels: an experiment scores its runs on it; "
+                             "ingest the test part with its labels")
     record = {"variant": variant_record(spec.variant), "seed": spec.seed, "miou": res["miou"],
               "per_class_iou": res["per_class_iou"], "best_epoch": summary["best_epoch"],
               "epochs_run": summary["epochs_run"], "parameters": summary["parameters"], "view": res["view"],
@@ -102,6 +112,13 @@ def run_one(spec: RunSpec) -> dict:
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, result)
     return record
+
+
+def spec_record(spec: RunSpec) -> dict:
+    """Return what a run's result depends on (its folder's ``spec.json``): a run whose record differs is
+    trained again rather than resumed or reused."""
+    return {"variant": variant_record(spec.variant), "seed": spec.seed, "epochs": spec.epochs, "view": spec.view,
+            "lake": spec.lake}
 
 
 def _dask_worker() -> str | None:
@@ -114,8 +131,13 @@ def _dask_worker() -> str | None:
         return None
 
 
-def build_views(plan: Plan, lake: str, summary: ExperimentSummary) -> dict[str, str | None]:
-    """Build the view of every variant that reads Sentinel-2 and lacks one; return variant name -> view name."""
+def build_views(plan: Plan, lake: str, summary: ExperimentSummary, scheduler: str | None = None
+                ) -> dict[str, str | None]:
+    """Build the view of every variant that reads Sentinel-2 and lacks one; return variant name -> view name.
+
+    Variants without a Sentinel-2 branch get the plan's first view (what their loader reads beside the aerial
+    patches, and records), so that they do not follow whichever view is the lake's latest.
+    """
     from pipelines.filter import run_filter
 
     views: dict[str, str | None] = {}
@@ -123,37 +145,71 @@ def build_views(plan: Plan, lake: str, summary: ExperimentSummary) -> dict[str, 
     for v in plan.variants:
         cfg = v.filter_config()
         if cfg is None:
-            views[v.name] = None
             continue
         cfg = cfg.normalized()
         if cfg not in built:
-            res = run_filter(lake, cfg, wait=True, progress=False)
+            res = run_filter(lake, cfg, wait=True, progress=False, scheduler=scheduler)
             built[cfg] = res.view
             if not res.up_to_date:
                 summary.views_built.append(res.view)
         views[v.name] = built[cfg]
-    return views
+    first = next(iter(built.values()), None)
+    return {v.name: views.get(v.name, first) for v in plan.variants}
 
 
 def run_experiment(plan: Plan, lake: str, out: str | Path, *, seeds: int = 5, epochs: int | None = None,
                    scheduler: str | None = None, device: str | None = None) -> ExperimentSummary:
     """Run ``plan`` on ``lake`` into ``out``: views, runs (skipping finished ones), then the reports."""
+    import torch  # noqa: F401 - before a local cluster sets OMP_NUM_THREADS=1 here: CPU runs keep every core
+
+    from pipelines.cluster import check_scheduler
+    from pipelines.maps import absolute
+
     t0 = time.perf_counter()
-    out = Path(out)
+    lake, out = absolute(lake), Path(out).resolve()
     lk.open_lake(lake)  # one line now when it is not there
+    check_scheduler(scheduler)
     summary = ExperimentSummary(plan.name)
-    views = build_views(plan, lake, summary)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps({"plan": plan.name, "lake": str(lake), "seeds": seeds,
-                                               "epochs": epochs, "views": views,
-                                               "variants": [variant_record(v) for v in plan.variants]}, indent=1))
-    specs = [RunSpec(v, seed, lake, views[v.name], str(out / "runs" / v.slug / f"seed{seed}"), epochs, device)
-             for v in plan.variants for seed in range(seeds)]
-    summary.runs = len(specs)
+    with output_lock(out / "runs", "flair-lake experiment"):
+        views = build_views(plan, lake, summary, scheduler)
+        (out / "plan.json").write_text(json.dumps({"plan": plan.name, "lake": str(lake), "seeds": seeds,
+                                                   "epochs": epochs, "views": views,
+                                                   "variants": [variant_record(v) for v in plan.variants]},
+                                                  indent=1))
+        specs = [RunSpec(v, seed, lake, views[v.name], str(out / "runs" / v.slug / f"seed{seed}"), epochs, device)
+                 for v in plan.variants for seed in range(seeds)]
+        for spec in specs:
+            _check_folder(spec, summary)
+        summary.runs = len(specs)
+        _run_all(specs, scheduler, summary, out)
+    source = (f"lake {Path(lake).name}, {seeds} seed(s)" + (f", {epochs} epoch(s)" if epochs else ""))
+    summary.reports = write_reports(plan, read_results(out, plan, seeds), out, source=source)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _check_folder(spec: RunSpec, summary: ExperimentSummary) -> None:
+    """Start a run's folder afresh when it holds a run of other settings (variant, epochs, view, lake)."""
+    folder = Path(spec.folder)
+    recorded = folder / "spec.json"
+    if not recorded.exists():
+        return
+    try:
+        same = json.loads(recorded.read_text()) == json.loads(json.dumps(spec_record(spec)))
+    except ValueError:
+        same = False
+    if not same:
+        shutil.rmtree(folder)
+        summary.notes.append(f"{spec.variant.name} seed {spec.seed}: its folder held a run of other settings "
+                             "(variant, epochs, view or lake); it is trained again")
+
+
+def _run_all(specs: list[RunSpec], scheduler: str | None, summary: ExperimentSummary, out: Path) -> None:
+    """Run every spec (skipping finished ones), counting what finished and what failed in ``summary``."""
     try:
         for spec, outcome in _execute(specs, scheduler, summary):
-            if isinstance(outcome, BaseException):
-                line = f"{spec.variant.name} seed {spec.seed}: {_one_line(outcome)}"
+            if isinstance(outcome, str):
+                line = f"{spec.variant.name} seed {spec.seed}: {outcome}"
                 summary.failed.append(line)
                 Path(spec.folder).mkdir(parents=True, exist_ok=True)
                 (Path(spec.folder) / "failed.json").write_text(json.dumps({"error": line}))
@@ -164,13 +220,21 @@ def run_experiment(plan: Plan, lake: str, out: str | Path, *, seeds: int = 5, ep
                 print(f"{spec.variant.name} seed {spec.seed}: test mIoU {outcome['miou']:.4f} "
                       f"(best epoch {outcome['best_epoch']}, {outcome['seconds']:.0f} s)", flush=True)
     except KeyboardInterrupt as exc:
-        raise Interrupted.of(exc, landed=f"{summary.finished + summary.skipped} of {len(specs)} run(s) are finished "
-                             f"in {out / 'runs'} and kept (an interrupted run resumes from its last.pt)") from None
-    finally:
-        summary.seconds = time.perf_counter() - t0
-    source = (f"lake {Path(lake).name}, {seeds} seed(s)" + (f", {epochs} epoch(s)" if epochs else ""))
-    summary.reports = write_reports(plan, read_results(out, plan), out, source=source)
-    return summary
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT),
+                          landed=f"{summary.finished + summary.skipped} of {len(specs)} run(s) are finished in "
+                          f"{out / 'runs'} and kept", resume="run the same command again: finished runs are "
+                          "skipped and an interrupted one resumes from its last.pt") from None
+
+
+def _free_memory() -> None:
+    """Release what a finished or failed run left (its model and batches; CUDA's cached blocks)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -180,14 +244,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _execute(specs: list[RunSpec], scheduler: str | None, summary: ExperimentSummary):
-    """Yield (spec, record or exception) per run: in this process, or on a Dask scheduler's workers."""
+    """Yield (spec, its record, or the one line of its failure) per run: in this process, or on a Dask
+    scheduler's workers."""
     if scheduler is None:
         for spec in specs:
             try:
-                yield spec, run_one(spec)
+                outcome = run_one(spec)
             except Exception as exc:  # noqa: BLE001 - a failed run is reported; the others go on
                 log.debug("run failed", exc_info=True)
-                yield spec, exc
+                outcome = _one_line(exc)  # not the exception: its traceback would hold the run's model alive
+            _free_memory()
+            yield spec, outcome
         return
     from distributed import as_completed
 
@@ -196,14 +263,21 @@ def _execute(specs: list[RunSpec], scheduler: str | None, summary: ExperimentSum
     with dask_client(scheduler) as client:
         info = client.scheduler_info()["workers"].values()
         gpus = sum(w.get("resources", {}).get(GPU, 0) for w in info)
+        threads = max((w.get("nthreads", 1) for w in info), default=1)
+        if not gpus and threads > 1:
+            raise UsageError(f"the workers of {scheduler} run {threads} tasks at once and declare no {GPU}: two "
+                             f"trainings would share a process; start them with --nthreads 1, or with --resources "
+                             f"{GPU}=1 (one per GPU)")
         resources = {GPU: 1} if gpus else None
         summary.notes.append(f"{len(info)} Dask worker(s), {gpus:g} declaring a {GPU} resource: "
-                             + ("one run per GPU at a time" if gpus else "runs on the workers' CPUs"))
-        futures = {client.submit(run_one, spec, pure=False, resources=resources, key=f"run-{i}-{spec.seed}"): spec
-                   for i, spec in enumerate(specs)}
+                             + ("one run per GPU at a time" if gpus else "one run per worker at a time"))
+        tag = uuid.uuid4().hex[:8]  # keys of this invocation only: another experiment may share the scheduler
+        futures = {client.submit(run_one, spec, pure=False, resources=resources,
+                                 key=f"flair-run-{tag}-{spec.variant.slug}-{spec.seed}"): spec for spec in specs}
         for fut in as_completed(futures):
             spec = futures[fut]
             try:
-                yield spec, fut.result()
+                outcome = fut.result()
             except Exception as exc:  # noqa: BLE001
-                yield spec, exc
+                outcome = _one_line(exc)
+            yield spec, outcome

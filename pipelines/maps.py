@@ -10,12 +10,10 @@ workers (``--scheduler``), each worker loading the model once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -26,7 +24,8 @@ import numpy as np
 from flair_lake import lake as lk
 from flair_lake import schema, storage
 from flair_lake.config import MapConfig
-from flair_lake.errors import Interrupted, LakeBusyError, UsageError
+from flair_lake.errors import Interrupted, UsageError
+from flair_lake.locations import output_lock
 from flair_lake.maps.grid import Block, PixelGrid, Windows, blocks
 from flair_lake.maps.write import QML_NAME, write_index, write_qml
 
@@ -257,34 +256,7 @@ def prepare(folder: Path, record: dict, name: str, out: Path, warnings: list[str
     return False
 
 
-@contextlib.contextmanager
-def output_lock(out: Path):
-    """Hold ``OUT/.jobs/lock`` (flock) while a run writes OUT: a second map run into the same folder is refused.
-
-    The kernel releases it when the holder dies, so a killed run never blocks the next one.
-    """
-    import fcntl
-
-    (out / JOBS).mkdir(parents=True, exist_ok=True)
-    fh = open(out / JOBS / "lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise LakeBusyError(f"{out} is being written by another flair-lake map ({holder}); wait for it to "
-                                "finish or map into another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {lk.now_iso()}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()
-
-
-def _absolute(path: str | None) -> str | None:
+def absolute(path: str | None) -> str | None:
     """Return a local path made absolute (workers of a scheduler run elsewhere), a URL as it is."""
     return path if path is None or storage.is_url(path) else str(Path(path).resolve())
 
@@ -299,10 +271,11 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     from flair_lake.training.evaluate import trained_view
 
     t_start = time.perf_counter()
-    ckpt, lake, image = _absolute(str(ckpt)), _absolute(lake), _absolute(image)
+    ckpt, lake, image = absolute(str(ckpt)), absolute(lake), absolute(image)
     if sentinel is not None:
-        sentinel = SentinelSpec(_absolute(sentinel.folder), sentinel.west, sentinel.north)
+        sentinel = SentinelSpec(absolute(sentinel.folder), sentinel.west, sentinel.north)
     ck = read_checkpoint(ckpt)
+    ck = {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer")}  # workers load the weights
     reads_sentinel = ck["model_name"] in SENTINEL_MODELS
     band_stats, provenance = {}, None
     patch_size = ck.get("patch_size")
@@ -331,7 +304,7 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
     else:
         targets = lake_targets(lake, split=split, zones=zones, view=view, storage_options=storage_options)
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+    with output_lock(out / JOBS, "flair-lake map"):
         return _run(targets, ckpt, out, cfg, {"lake": lake, "provenance": provenance, "band_stats": band_stats},
                     progress, t_start)
 

@@ -60,13 +60,23 @@ def test_built_in_plans_are_the_papers_tables():
     assert load_plan("table5") is TABLE5
 
 
+def test_plan_names_become_file_names(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", [{"model": "unet"}], name="a/b")
+    with pytest.raises(Exception, match="names its report files"):
+        load_plan(str(plan))
+
+
 @pytest.mark.parametrize("variants, text", [
     ([{"model": "utt", "colour": "red"}], "unknown key(s) colour"),
     ([{"model": "segformer"}], "unknown model 'segformer'"),
     ([{"model": "utt", "filt": "yes"}], "filt must be true or false"),
-    ([{"model": "utt", "train": {"momentum": 0.9}}], "unknown trainer flag(s) momentum"),
-    ([{"model": "utt", "train": {"lr": -1}}], "--lr must be > 0"),
-    ([{"name": "a", "model": "utt"}, {"name": "a", "model": "unet"}], "variant names must differ"),
+    ([{"model": "unet", "train": {"momentum": 0.9}}], "unknown trainer flag(s) momentum"),
+    ([{"model": "unet", "train": {"lr": -1}}], "--lr must be > 0"),
+    ([{"name": "a", "model": "utt", "filt": True, "avg_m": True}, {"name": "a", "model": "unet"}],
+     "variant names must differ"),
+    ([{"model": "unet", "filt": True}], "filt do(es) not apply to model unet"),
+    ([{"model": "utt", "filt": True}], "give avg_m"),
+    ([{"model": "utt", "filt": True, "avg_m": True, "train": {"augment": "paper"}}], "unknown trainer flag(s) augment"),
 ])
 def test_a_bad_plan_is_one_line(tmp_path, exp_lake, variants, text):
     plan = write_plan(tmp_path / "plan.yaml", variants)
@@ -95,19 +105,30 @@ def test_tables_are_the_runs_own_numbers(tmp_path, exp_lake):
         assert float(row["miou_mean"]) == pytest.approx(np.mean(ious), abs=1e-12)
         assert float(row["miou_std"]) == pytest.approx(np.std(ious, ddof=1), abs=1e-12)
         assert row["mIoU"] == f"{100 * np.mean(ious):.1f} ± {100 * np.std(ious, ddof=1):.1f}"
-        assert row["runs"] == "2" and row["EP."] == "0"
+        assert row["runs"] == "2" and row["EP."] == "1"  # epochs counted from 1, as the paper's
     assert rows["U-T&T +FILT +AVG M +AUG"]["paper mIoU"] == "56.9 ± 1.1"
     assert rows["U-Net"]["INPUT"] == "aerial" and rows["U-Net"]["FILT."] == "-"
     md = (out / "tiny.md").read_text()
-    assert "| variant | INPUT | FILT. | AVG M. | MTD | AUG | PARA. | EP. | mIoU | runs | paper mIoU |" in md
+    assert "| variant | INPUT | FILT. | AVG M. | MTD | AUG | PARA. | EP. | mIoU | runs | paper EP. | paper mIoU |" in md
     per_class = (out / "tiny_per_class.csv").read_text().splitlines()
     assert len(per_class) == 3  # header, the best U-Net run, the best U-T&T run
     assert (out / "tiny_spread.png").stat().st_size > 1000
     config = json.loads((out / "runs" / "U-T-T-FILT-AVG-M-AUG" / "seed1" / "config.json").read_text())
     assert config["augment"] == "paper" and config["seed"] == 1
-    again = CliRunner().invoke(main, ["experiment", str(plan), "--lake", exp_lake, "--out", str(out), "--seeds", "2",
+    again = CliRunner().invoke(main, ["experiment", str(plan), "--lake", exp_lake, "--out", str(out), "--seeds", "1",
                                       "--epochs", "1"])
-    assert "0 run(s) trained, 4 already finished" in again.output and "views built: none" in again.output
+    assert "0 run(s) trained, 2 already finished" in again.output and "views built: none" in again.output
+    with open(out / "tiny.csv", newline="") as fh:  # seed 1's runs stay out of a 1-seed table
+        assert all(r["runs"] == "1" for r in csv.DictReader(fh))
+    TINY[0]["train"] = {**QUICK, "lr": 0.05}  # the U-Net variant changed: its runs are trained again
+    try:
+        write_plan(tmp_path / "plan.yaml", TINY)
+        changed = CliRunner().invoke(main, ["experiment", str(plan), "--lake", exp_lake, "--out", str(out), "--seeds",
+                                            "1", "--epochs", "1"])
+    finally:
+        TINY[0]["train"] = QUICK
+    assert "U-Net seed 0: its folder held a run of other settings" in changed.output
+    assert "1 run(s) trained, 1 already finished" in changed.output
 
 
 def slug(name: str) -> str:

@@ -29,8 +29,9 @@ SENTINEL_FREE = ("unet",)
 FILT = {"max_cover": 0.6, "min_prob": 50.0}
 NO_FILT = {"max_cover": 1.0, "min_prob": 101.0}
 # trainer flags a plan may set (TrainConfig fields)
-TRAIN_KEYS = ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "amp", "metadata", "augment",
-              "encoder_weights", "baseline_quirks", "max_batches", "train_split", "val_split", "workers")
+# (not metadata and augment: the MTD and AUG columns set them)
+TRAIN_KEYS = ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "amp", "encoder_weights",
+              "baseline_quirks", "max_batches", "train_split", "val_split", "workers")
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,10 @@ def load_plan(spec: str) -> Plan:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup or len({v.slug for v in variants}) < len(variants):
         raise UsageError(f"{path}: variant names must differ (also as folder names): {', '.join(dup or names)}")
-    return Plan(str(doc.get("name") or path.stem), variants)
+    name = str(doc.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UsageError(f"{path}: the plan's name {name!r} names its report files: use letters, digits, . _ -")
+    return Plan(name, variants)
 
 
 def _variant(path: Path, k: int, entry) -> Variant:
@@ -170,6 +174,16 @@ def _variant(path: Path, k: int, entry) -> Variant:
     for key in ("filt", "avg_m", "mtd", "aug"):
         if key in entry and not isinstance(entry[key], bool):
             raise UsageError(f"{where}: {key} must be true or false, got {entry[key]!r}")
+    # what each model reads decides which columns apply ("-" in the table) and which must be given
+    applies = {"filt": model not in SENTINEL_FREE, "avg_m": model not in SENTINEL_FREE, "mtd": model != "utae",
+               "aug": model != "utae"}
+    extra = [k for k, ok in applies.items() if not ok and k in entry]
+    if extra:
+        raise UsageError(f"{where}: {', '.join(extra)} do(es) not apply to model {model} (its column is '-'); "
+                         "leave it out")
+    missing = [k for k in ("filt", "avg_m") if applies[k] and k not in entry]
+    if missing:
+        raise UsageError(f"{where}: model {model} reads Sentinel-2: give {' and '.join(missing)} (true or false)")
     train = entry.get("train") or {}
     if not isinstance(train, dict):
         raise UsageError(f"{where}: train must be a mapping of trainer flags")

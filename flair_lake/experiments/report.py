@@ -16,7 +16,8 @@ import numpy as np
 from flair_lake import schema
 from flair_lake.experiments.plan import Plan, Variant
 
-COLUMNS = ("variant", "INPUT", "FILT.", "AVG M.", "MTD", "AUG", "PARA.", "EP.", "mIoU", "runs", "paper mIoU")
+COLUMNS = ("variant", "INPUT", "FILT.", "AVG M.", "MTD", "AUG", "PARA.", "EP.", "mIoU", "runs", "paper EP.",
+           "paper mIoU")
 
 
 def _mark(flag: bool | None) -> str:
@@ -36,12 +37,13 @@ def table_rows(plan: Plan, results: dict[str, list[dict]]) -> list[dict]:
         runs = results.get(v.name, [])
         row = {"variant": v.name, "INPUT": v.input, "FILT.": _mark(v.filt), "AVG M.": _mark(v.avg_m),
                "MTD": _mark(v.mtd), "AUG": _mark(v.aug), "runs": len(runs), "paper mIoU": v.paper or "",
+               "paper EP.": "" if v.paper_epoch is None else str(v.paper_epoch),
                "PARA.": "", "EP.": "", "mIoU": "", "miou_mean": None, "miou_std": None,
                "miou_values": [r["miou"] for r in runs], "seeds": [r["seed"] for r in runs]}
         if runs:
             m, s = mean_std([r["miou"] for r in runs])
             row.update({"PARA.": f"{runs[0]['parameters'] / 1e6:.1f}",
-                        "EP.": f"{np.mean([r['best_epoch'] for r in runs]):.0f}",
+                        "EP.": f"{np.mean([r['best_epoch'] + 1 for r in runs]):.0f}",  # counted from 1
                         "mIoU": f"{100 * m:.1f} ± {100 * s:.1f}", "miou_mean": m, "miou_std": s})
         rows.append(row)
     return rows
@@ -68,7 +70,7 @@ def write_reports(plan: Plan, results: dict[str, list[dict]], out: Path, *, sour
           f"Ours: {source}. Paper: {paper} of the FLAIR datapaper (the real dataset, 5 runs each)." if source else
           f"Paper: {paper} of the FLAIR datapaper (the real dataset, 5 runs each).", "",
           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    md += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
     paths[0].write_text("\n".join(md) + "\n")
     with open(paths[1], "w", newline="") as fh:
         w = csv.writer(fh)
@@ -81,20 +83,22 @@ def write_reports(plan: Plan, results: dict[str, list[dict]], out: Path, *, sour
     best = best_runs(plan, results)
     lines = [f"# {plan.name}: per-class test IoU (%) of each model's best run", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    table = []
+    table, exact = [], []  # percent with one decimal (Markdown); fractions as computed (CSV)
     for r in best:
         ious = {row["class"]: row["iou"] for row in r["per_class_iou"]}
-        values = [_pct(ious.get(i)) for i in range(schema.METRIC_CLASSES)]
-        table.append([r["model"], r["variant"], r["seed"], _pct(r["miou"]), *values])
+        values = [ious.get(i) for i in range(schema.METRIC_CLASSES)]
+        table.append([r["model"], r["variant"], r["seed"], _pct(r["miou"]), *map(_pct, values)])
+        exact.append([r["model"], r["variant"], r["seed"], r["miou"], *values])
         if r["model"] in plan.per_class:
             p = plan.per_class[r["model"]]
             table.append([r["model"], "paper (best run)", "", f"{p[0]:.1f}", *(f"{x:.1f}" for x in p[1:])])
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table]
+            exact.append([r["model"], "paper (best run)", "", *(x / 100 for x in p)])
+    lines += ["| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |" for row in table]
     paths[2].write_text("\n".join(lines) + "\n")
     with open(paths[3], "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(head)
-        w.writerows(table)
+        w.writerows(exact)
     plot_spread(rows, paths[4], title=f"{plan.name}: test mIoU per variant ({source or 'this lake'})")
     return paths
 
@@ -127,14 +131,17 @@ def plot_spread(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def read_results(folder: Path, plan: Plan) -> dict[str, list[dict]]:
-    """Return the finished runs' records of each variant (``runs/<variant>/seed<k>/result.json``), by seed."""
+def read_results(folder: Path, plan: Plan, seeds: int) -> dict[str, list[dict]]:
+    """Return the finished runs' records of each variant (``runs/<variant>/seed<k>/result.json``) for seeds
+    0 .. ``seeds`` - 1, by seed (runs of more seeds, from an earlier invocation, stay out of the tables)."""
     out: dict[str, list[dict]] = {}
     for v in plan.variants:
         runs = []
-        for path in sorted((folder / "runs" / v.slug).glob("seed*/result.json")):
-            runs.append(json.loads(path.read_text()))
-        out[v.name] = sorted(runs, key=lambda r: r["seed"])
+        for k in range(seeds):
+            path = folder / "runs" / v.slug / f"seed{k}" / "result.json"
+            if path.exists():
+                runs.append(json.loads(path.read_text()))
+        out[v.name] = runs
     return out
 
 
