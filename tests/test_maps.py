@@ -126,6 +126,25 @@ def test_blocks_blend_windows_into_a_convex_combination():
         np.testing.assert_allclose(got, np.rint(expected * 255), atol=1)
 
 
+def test_the_super_area_grid_comes_from_centroids_and_disagreement_is_said():
+    """Centroids with their Sentinel-2 rows and columns bound the area's corner to 10 m: the middle of the
+    bounds puts every centroid back in its own pixel; a patch whose column is off is said in one line."""
+    from flair_lake.maps.sources import area_corner
+
+    rng = np.random.default_rng(0)
+    west, north = 951_003.7, 6_212_408.2
+    cx = west + rng.uniform(200, 900, 30)
+    cy = north - rng.uniform(200, 900, 30)
+    rows, cols = np.floor((north - cy) / 10).astype(int), np.floor((cx - west) / 10).astype(int)
+    w, n, warning = area_corner(cx, cy, rows, cols, "Z")
+    assert warning is None and abs(w - west) < 10 and abs(n - north) < 10
+    np.testing.assert_array_equal(np.floor((cx - w) / 10), cols)
+    np.testing.assert_array_equal(np.floor((n - cy) / 10), rows)
+    cols[3] += 2
+    *_, warning = area_corner(cx, cy, rows, cols, "Z")
+    assert warning.startswith("zone Z: the centroids of its patches disagree") and "median" in warning
+
+
 # --- zone maps ------------------------------------------------------------------------------------------------
 def _read_at(map_path: Path, bounds) -> np.ndarray:
     with rasterio.open(map_path) as ds:
