@@ -56,6 +56,29 @@ def monthly_lake(lake, tmp_path_factory):
     return path
 
 
+# A command line that runs `flair-lake ARGS` with one function of a module wrapped so that its N-th call kills the
+# process (SIGKILL, no clean-up of any kind): argv = [module, function, N, *ARGS].
+KILL_ON_CALL = """
+import importlib, os, signal, sys
+module, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mod = importlib.import_module(module)
+original, calls = getattr(mod, name), [0]
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(mod, name, wrapped)
+from flair_lake.cli import main
+main(sys.argv[4:], prog_name="flair-lake")
+"""
+
+
+def killed_on_call(module: str, name: str, nth: int) -> list[str]:
+    """Return the command prefix that runs flair-lake killed on the ``nth`` call of ``module.name``."""
+    return [sys.executable, "-c", KILL_ON_CALL, module, name, str(nth)]
+
+
 def start_cluster(tmp_path, *worker_args: str):
     """Start a scheduler and two single-threaded workers (with ``worker_args``); yield (address, workers)."""
     from distributed import Client

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import killed_on_call
 
 from flair_lake.cli import main
 from flair_lake.experiments.plan import TABLE3, TABLE5, load_plan
@@ -149,29 +150,13 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, exp_lake):
     assert "| broken | aerial |" in (tmp_path / "exp" / "tiny.md").read_text()  # listed, with no runs
 
 
-KILL_ON_CALL = """
-import importlib, os, signal, sys
-module, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-mod = importlib.import_module(module)
-original, calls = getattr(mod, name), [0]
-def wrapped(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-setattr(mod, name, wrapped)
-from flair_lake.cli import main
-main(sys.argv[4:], prog_name="flair-lake")
-"""
-
-
 @pytest.mark.slow
 def test_a_killed_experiment_resumes_without_redoing_finished_runs(tmp_path, exp_lake):
     plan = write_plan(tmp_path / "plan.yaml", TINY)
     out = tmp_path / "exp"
     args = ["experiment", str(plan), "--lake", exp_lake, "--out", str(out), "--seeds", "2", "--epochs", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-c", KILL_ON_CALL, "pipelines.experiment", "run_one", "3", *args],
+    killed = subprocess.run([*killed_on_call("pipelines.experiment", "run_one", 3), *args],
                             env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     finished = sorted(out.glob("runs/*/seed*/result.json"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import killed_on_call
 
 from flair_lake.config import SynthConfig
 from flair_lake.synth import synthesize
@@ -23,25 +24,9 @@ pytestmark = pytest.mark.slow  # real processes killed and run again: about 10-6
 REPO = Path(__file__).resolve().parents[1]
 TREE = SynthConfig(domains=("D006_2020", "D004_2021"), zones_per_domain=1, patches_per_zone=4, patch_size=32,
                    max_dates=22)
-KILL_ON_CALL = """
-import importlib, os, signal, sys
-module, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-mod = importlib.import_module(module)
-original, calls = getattr(mod, name), [0]
-def wrapped(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-setattr(mod, name, wrapped)
-from flair_lake.cli import main
-main(sys.argv[4:], prog_name="flair-lake")
-"""
-
-
 def run(*args: str, kill: tuple[str, str, int] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-c", KILL_ON_CALL, *map(str, kill), *args] if kill else \
+    cmd = [*killed_on_call(*kill), *args] if kill else \
         [sys.executable, "-m", "flair_lake.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 

@@ -18,6 +18,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
+from conftest import killed_on_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -378,22 +379,6 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if p.is_file()}
 
 
-KILL_ON_CALL = """
-import importlib, os, signal, sys
-module, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-mod = importlib.import_module(module)
-original, calls = getattr(mod, name), [0]
-def wrapped(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-setattr(mod, name, wrapped)
-from flair_lake.cli import main
-main(sys.argv[4:], prog_name="flair-lake")
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", [("pipelines.maps", "run_block", 11),  # 10 blocks: 2 maps and half a third
                                   ("flair_lake.maps.write", "assemble", 3),  # 2 maps, the third's blocks
@@ -410,7 +395,7 @@ def test_a_killed_map_resumes_to_the_same_files(monthly_lake, ckpts, tmp_path, k
                          env=env, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     run_args = [*map(str, args), "--out", str(tmp_path / "run")]
-    killed = subprocess.run([sys.executable, "-c", KILL_ON_CALL, *map(str, kill), *run_args], env=env,
+    killed = subprocess.run([*killed_on_call(*kill), *run_args], env=env,
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "run" / "index.vrt").exists()

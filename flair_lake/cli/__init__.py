@@ -85,13 +85,15 @@ class PluginGroup(OneLineFailures, click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
 @click.version_option(package_name="flair-lake")
 def main(verbose: bool) -> None:
-    """FLAIR #2 into a chunked Zarr lake, filtered once, streamed to the U-T&T trainer.
+    """FLAIR #2 into a chunked Zarr lake, filtered once, streamed to the U-T&T trainer, mapped.
 
     \b
       flair-lake synth raw/                 # a synthetic FLAIR tree (no real data needed)
       flair-lake ingest raw/ lake.zarr      # raw tree -> Zarr lake (Dask)
       flair-lake filter --cloud 0.6 --monthly
       flair-lake train --lake lake.zarr     # U-T&T, then the official mIoU of its best checkpoint
+      flair-lake map --ckpt runs/utt/best.pt --out maps/          # seamless COG maps of the test zones
+      flair-lake experiment table3 --out exp/                     # the paper's Table 3, mean ± std over seeds
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
