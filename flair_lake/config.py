@@ -394,6 +394,10 @@ class EvaluateConfig:
     tta: bool = False  # test-time augmentation: the mean of 4 flips
 
 
+# --- experiments ------------------------------------------------------------------------------------------------
+EXPERIMENT_SEEDS = 5  # runs per variant of `flair-lake experiment` (the paper: 5 runs of each configuration)
+MAP_SPLIT = "test"  # the zones `flair-lake map` maps without --zones: those of the test split
+
 # --- maps -------------------------------------------------------------------------------------------------------
 BLENDS = ("cosine", "linear", "none")  # how overlapping windows are combined (flair_lake/maps/grid.py)
 

@@ -130,7 +130,7 @@ M = config.MapConfig
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False, exists=True), help="A checkpoint of train.")
 @click.option("--lake", default=None, help="The lake whose zones are mapped [default: $FLAIR_LAKE or lake.zarr; "
               "with --image, only read for the view's filter parameters].")
-@click.option("--split", default="test", show_default=True, callback=lambda _c, _p, v: parse_split(v),
+@click.option("--split", default=config.MAP_SPLIT, show_default=True, callback=lambda _c, _p, v: parse_split(v),
               help="Map the zones with patches of this split: train, val, test, all, or domains.")
 @click.option("--zones", default=None, help="Map these zones instead (comma-separated, e.g. D004_2021-Z1_FF).")
 @click.option("--view", default=None, help="View whose filter builds the Sentinel-2 inputs [default: the "
@@ -198,7 +198,7 @@ def map_cmd(ckpt, lake, split, zones, view, image, sentinel_folder, sentinel_gri
 @click.argument("plan")
 @click.option("--lake", default=config.default_lake, show_default="$FLAIR_LAKE or lake.zarr")
 @click.option("--out", type=OUTPUT_FOLDER, required=True, help="Folder of the runs and the tables.")
-@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--seeds", type=click.IntRange(min=1), default=config.EXPERIMENT_SEEDS, show_default=True,
               help="Runs per variant (seeds 0 .. N-1), each trained from scratch.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of every run [default: the trainer's, or the plan's].")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flair_lake import lake as lk
+from flair_lake.config import EXPERIMENT_SEEDS
 from flair_lake.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Interrupted, LakeStateError, UsageError
 from flair_lake.experiments.plan import Plan, Variant, variant_record
 from flair_lake.experiments.report import read_results, write_reports
@@ -157,7 +158,7 @@ def build_views(plan: Plan, lake: str, summary: ExperimentSummary, scheduler: st
     return {v.name: views.get(v.name, first) for v in plan.variants}
 
 
-def run_experiment(plan: Plan, lake: str, out: str | Path, *, seeds: int = 5, epochs: int | None = None,
+def run_experiment(plan: Plan, lake: str, out: str | Path, *, seeds: int = EXPERIMENT_SEEDS, epochs: int | None = None,
                    scheduler: str | None = None, device: str | None = None) -> ExperimentSummary:
     """Run ``plan`` on ``lake`` into ``out``: views, runs (skipping finished ones), then the reports."""
     import torch  # noqa: F401 - before a local cluster sets OMP_NUM_THREADS=1 here: CPU runs keep every core

@@ -23,7 +23,7 @@ import numpy as np
 
 from flair_lake import lake as lk
 from flair_lake import schema, storage
-from flair_lake.config import MapConfig
+from flair_lake.config import MAP_SPLIT, MapConfig
 from flair_lake.errors import Interrupted, UsageError
 from flair_lake.locations import output_lock
 from flair_lake.maps.grid import Block, PixelGrid, Windows, blocks
@@ -261,7 +261,7 @@ def absolute(path: str | None) -> str | None:
     return path if path is None or storage.is_url(path) else str(Path(path).resolve())
 
 
-def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = None, split="test",
+def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = None, split=MAP_SPLIT,
             zones: list[str] | None = None, view: str | None = None, image: str | None = None,
             sentinel: SentinelSpec | None = None, storage_options: dict | None = None,
             progress: bool | None = None) -> MapSummary:

@@ -16,7 +16,7 @@ from flair_lake.config import FilterConfig
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"synth", "ingest", "filter", "info", "validate", "preview", "stats", "train", "evaluate", "predict",
-            "report"}
+            "report", "map", "experiment"}
 
 
 def test_help_lists_every_command_without_importing_the_pipelines():
@@ -24,7 +24,7 @@ def test_help_lists_every_command_without_importing_the_pipelines():
     assert res.exit_code == 0, res.output
     listed = {line.split()[0] for line in res.output.split("Commands:")[1].splitlines() if line.strip()}
     assert listed == COMMANDS
-    assert set(main.plugins()) >= {"ingest", "filter"}  # entry points of the installed package
+    assert set(main.plugins()) >= {"ingest", "filter", "map", "experiment"}  # entry points of the installed package
     code = ("import sys; from flair_lake.cli import main; main(['--help'], standalone_mode=False); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipelines', 'torch', 'dask', 'zarr')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
