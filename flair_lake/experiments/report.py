@@ -65,10 +65,10 @@ def write_reports(plan: Plan, results: dict[str, list[dict]], out: Path, *, sour
     rows = table_rows(plan, results)
     paths = [out / f"{plan.name}.md", out / f"{plan.name}.csv", out / f"{plan.name}_per_class.md",
              out / f"{plan.name}_per_class.csv", out / f"{plan.name}_spread.png"]
-    paper = plan.paper_table or "the paper"
+    paper = (f"{plan.paper_table} of the FLAIR datapaper" if plan.paper_table else
+             "the FLAIR datapaper's numbers where the plan gives them")
     md = [f"# {plan.name}: test mIoU (%), mean ± std over seeds", "",
-          f"Ours: {source}. Paper: {paper} of the FLAIR datapaper (the real dataset, 5 runs each)." if source else
-          f"Paper: {paper} of the FLAIR datapaper (the real dataset, 5 runs each).", "",
+          (f"Ours: {source}. " if source else "") + f"Paper: {paper} (the real dataset, 5 runs each).", "",
           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
     paths[0].write_text("\n".join(md) + "\n")
