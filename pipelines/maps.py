@@ -295,23 +295,27 @@ def run_map(ckpt: str, out: str | Path, cfg: MapConfig, *, lake: str | None = No
                          f"--tile must be its patch size, {patch_size} px (got {cfg.tile})")
     out = Path(out).resolve()
     if image is not None:
-        targets = [_image_target(ck, image, sentinel, lake, view, reads_sentinel, storage_options)]
-        if Path(image) in [p.resolve() for p in outputs(out, targets[0].name, True)]:
+        target = _image_target(ck, image, sentinel, lake, view, reads_sentinel, storage_options)
+        if Path(image) in [p.resolve() for p in outputs(out, target.name, True)]:
             raise UsageError(f"--image {image} is in --out {out} under the name its map would take; map into "
                              "another folder")
+        # opened here: a bad raster, super-area folder or missing filter parameters is one line before any work
+        targets = [target]
+        sources = {target.name: target.source(np.zeros(schema.N_AERIAL_BANDS, np.uint8), reads_sentinel)}
     elif lake is None:
         raise UsageError("give --lake (zones of a lake) or --image (a raster)")
     else:
         targets = lake_targets(lake, split=split, zones=zones, view=view, storage_options=storage_options)
+        sources = {}
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / JOBS, "flair-lake map"):
-        return _run(targets, ckpt, out, cfg, {"lake": lake, "provenance": provenance, "band_stats": band_stats},
-                    progress, t_start)
+        return _run(targets, sources, ckpt, out, cfg,
+                    {"lake": lake, "provenance": provenance, "band_stats": band_stats}, progress, t_start)
 
 
 def _image_target(ck: dict, image: str, sentinel: SentinelSpec | None, lake: str | None, view: str | None,
                   reads_sentinel: bool, storage_options: dict | None) -> Target:
-    """Return the target of ``--image``, its super-area checked now (not on a worker)."""
+    """Return the target of ``--image``."""
     params = ck.get("view_params")  # the filter parameters and window of the view it was trained on
     if reads_sentinel and lake is not None and view:
         attrs = lk.open_lake(lake, storage_options=storage_options)[f"{schema.VIEWS_GROUP}/{view}"].attrs
@@ -322,13 +326,11 @@ def _image_target(ck: dict, image: str, sentinel: SentinelSpec | None, lake: str
                          "an aerial-only model (unet)")
     target = Target(Path(image).stem, image=image, sentinel=sentinel if reads_sentinel else None,
                     view_params=tuple(sorted(params.items())) if params else None)
-    if reads_sentinel:
-        read_sentinel(sentinel, params)  # a bad folder or missing parameters: one line before anything runs
     return target
 
 
-def _run(targets: list[Target], ckpt: str, out: Path, cfg: MapConfig, inputs: dict, progress, t_start: float
-         ) -> MapSummary:
+def _run(targets: list[Target], sources: dict, ckpt: str, out: Path, cfg: MapConfig, inputs: dict, progress,
+         t_start: float) -> MapSummary:
     """Plan every target's blocks, run those not finished, assemble each map when its last block lands."""
     write_qml(out / QML_NAME)
     summary = MapSummary()
@@ -337,7 +339,8 @@ def _run(targets: list[Target], ckpt: str, out: Path, cfg: MapConfig, inputs: di
     band_stats = json.dumps(inputs["band_stats"])
     plans = {}  # name -> (grid, blocks, folder, tasks left)
     for target in targets:
-        src = target.source(fill, target.sentinel is not None)  # its grid and warnings; workers open their own
+        # its grid and warnings (workers open their own)
+        src = sources.get(target.name) or target.source(fill, target.sentinel is not None)
         summary.warnings.extend(src.warnings)
         if target.sentinel is not None:
             summary.warnings.extend(_beyond_area(src, cfg))

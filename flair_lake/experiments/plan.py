@@ -17,7 +17,7 @@ A YAML plan lists variants with the same keys (see :data:`VARIANT_KEYS`).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flair_lake.config import MODEL_NAMES, FilterConfig, TrainConfig
@@ -146,9 +146,7 @@ def load_plan(spec: str) -> Plan:
         raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("variants"), list) or not doc["variants"]:
         raise UsageError(f"{path}: a plan is a mapping with a non-empty list 'variants'")
-    unknown = sorted(set(doc) - {"name", "variants"})
-    if unknown:
-        raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)}; a plan has 'name' and 'variants'")
+    _known(doc, ("name", "variants"), f"{path}: unknown key(s)", "a plan has")
     variants = tuple(_variant(path, k, v) for k, v in enumerate(doc["variants"]))
     names = [v.name for v in variants]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -160,14 +158,18 @@ def load_plan(spec: str) -> Plan:
     return Plan(name, variants)
 
 
+def _known(mapping: dict, allowed: tuple[str, ...], what: str, has: str) -> None:
+    """Raise UsageError naming the keys of ``mapping`` that are not ``allowed``."""
+    unknown = sorted(map(str, set(mapping) - set(allowed)))
+    if unknown:
+        raise UsageError(f"{what} {', '.join(unknown)}; {has} {', '.join(allowed)}")
+
+
 def _variant(path: Path, k: int, entry) -> Variant:
     where = f"{path}: variant {k + 1}"
     if not isinstance(entry, dict):
         raise UsageError(f"{where} is not a mapping of {', '.join(VARIANT_KEYS)}")
-    unknown = sorted(set(entry) - set(VARIANT_KEYS))
-    if unknown:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; a variant has "
-                         f"{', '.join(VARIANT_KEYS)}")
+    _known(entry, VARIANT_KEYS, f"{where}: unknown key(s)", "a variant has")
     model = entry.get("model")
     if model not in MODEL_NAMES:
         raise UsageError(f"{where}: unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -187,15 +189,12 @@ def _variant(path: Path, k: int, entry) -> Variant:
     train = entry.get("train") or {}
     if not isinstance(train, dict):
         raise UsageError(f"{where}: train must be a mapping of trainer flags")
-    bad = sorted(set(train) - set(TRAIN_KEYS))
-    if bad:
-        raise UsageError(f"{where}: unknown trainer flag(s) {', '.join(map(str, bad))}; allowed: "
-                         f"{', '.join(TRAIN_KEYS)}")
+    _known(train, TRAIN_KEYS, f"{where}: unknown trainer flag(s)", "allowed:")
     v = Variant(str(entry.get("name") or f"variant {k + 1}"), model, entry.get("filt"), entry.get("avg_m"),
                 entry.get("mtd"), entry.get("aug"), None if entry.get("paper") is None else str(entry["paper"]),
                 None, tuple(sorted(train.items())))
     try:  # the trainer's own checks, now rather than in the middle of the experiment
-        TrainConfig(**{k: v for k, v in v.train_flags().items()})
+        TrainConfig(**v.train_flags())
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{where}: {exc}") from None
     return v
@@ -208,4 +207,4 @@ def variant_record(v: Variant) -> dict:
     return out
 
 
-__all__ = ["BUILTIN", "Plan", "TABLE3", "TABLE5", "Variant", "fields", "load_plan", "variant_record"]
+__all__ = ["BUILTIN", "Plan", "TABLE3", "TABLE5", "Variant", "load_plan", "variant_record"]
